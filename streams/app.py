@@ -1,0 +1,188 @@
+"""The Faust app: one agent for the main topic, one per retry tier.
+
+Faust is used for what it does well -- consumer groups, partition assignment, acking and
+offset commits -- and every record is handed to :class:`BatchProcessor` in batches
+(``take_events``) so nothing escapes to Faust's "ack on error" path.
+
+What we set deliberately:
+* raw key/value serializers: decoding is ours (Avro single-object), so an undecodable record
+  becomes a routed failure instead of a Faust deserialization error;
+* no tables and no leader topic: the sink is the system of record (Faust table recovery
+  reads changelogs up to a ListOffsets end offset that the embedded broker gets wrong);
+* short session/rebalance timeouts (Settings) so joins and failovers take seconds;
+* ``consumer_auto_offset_reset=earliest``: a new group starts at the beginning
+  (``latest`` relies on ListOffsets too).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from processors.codec import AvroCodec
+from processors.event import EventLimits
+from processors.reconciler import Reconciler
+from processors.sinks import open_sink
+from streams import metrics
+from streams.batch_processor import BatchProcessor, ProcessingPolicy
+from streams.kafka.client_config import faust_credentials
+from streams.retry_schedule import process_when_due
+from streams.routing import OutgoingRecord, SourceRecord
+from streams.settings import Settings
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+retry_lateness_seconds = metrics.Histogram(
+    "recon_retry_lateness_seconds",
+    "How late after its due time a retry record was processed",
+    ["tier"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+    registry=metrics.REGISTRY,
+)
+
+
+def faust_app_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``faust.App`` derived from our settings."""
+    return {
+        "broker": f"kafka://{settings.bootstrap_servers.replace(',', ';kafka://')}",
+        "broker_credentials": faust_credentials(settings),
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        "web_enabled": False,
+        "topic_disable_leader": True,
+        "autodiscover": False,
+        "datadir": str(Path(tempfile.gettempdir()) / f"recon-faust-{settings.group}"),
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": settings.heartbeat_interval_s,
+        "broker_rebalance_timeout": settings.rebalance_timeout_s,
+        "broker_commit_interval": settings.commit_interval_s,
+        "broker_commit_every": settings.commit_every,
+        "producer_acks": -1,
+    }
+
+
+def source_record(event: Any) -> SourceRecord:
+    """Our view of a Faust event's message."""
+    message = event.message
+    headers = message.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return SourceRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp_ms=int((message.timestamp or 0) * 1000),
+        key=message.key,
+        value=message.value,
+        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the worker's Faust app with its agents (not started)."""
+    topics = TopicNames.from_settings(settings)
+    app = faust.App(settings.group, **faust_app_options(settings))
+    sink_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-sink")
+    sink = open_sink(settings.sink_url)
+    codec = AvroCodec(EventLimits())
+
+    async def send(record: OutgoingRecord) -> Awaitable[object]:
+        fut: Awaitable[object] = await app.producer.send(
+            record.topic,
+            key=record.key,
+            value=record.value,
+            partition=record.partition,
+            timestamp=None,
+            headers=list(record.headers),
+        )
+        return fut
+
+    processor = BatchProcessor(
+        reconciler=Reconciler(sink),
+        codec=codec,
+        send=send,
+        topics=topics,
+        policy=ProcessingPolicy(
+            retry_delays=settings.retry_delays,
+            retry_jitter=settings.retry_jitter,
+            inline_attempts=settings.inline_attempts,
+            inline_backoff_s=settings.inline_backoff_s,
+        ),
+        sink_executor=sink_executor,
+        rng=random.Random(),
+    )
+
+    main_topic = app.topic(topics.main, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(main_topic, name="recon-main")
+    async def consume_main(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await processor.process([source_record(e) for e in events])
+
+    for tier, name in enumerate(topics.retries, start=1):
+        app.agent(
+            app.topic(name, key_serializer="raw", value_serializer="raw"),
+            name=f"recon-retry-{tier}",
+        )(_retry_agent(settings, processor, tier))
+
+    @app.on_startup.connect
+    async def _start(app: faust.App, **kwargs: Any) -> None:
+        metrics.build_info.info({"version": _version(), "group": settings.group})
+        metrics.serve(settings.metrics_host, settings.metrics_port)
+        await app.maybe_start_producer()
+        log.info("recon worker: group=%s topics=%s sink=%s", settings.group, topics.all, sink)
+
+    @app.on_shutdown.connect
+    async def _stop(app: faust.App, **kwargs: Any) -> None:
+        sink_executor.submit(sink.close).result(timeout=10)
+        sink_executor.shutdown(wait=True)
+
+    return app
+
+
+def _retry_agent(
+    settings: Settings, processor: BatchProcessor, tier: int
+) -> Callable[[Any], Awaitable[None]]:
+    lateness = retry_lateness_seconds.labels(str(tier))
+
+    async def consume_retry(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            await process_when_due(
+                [source_record(e) for e in events],
+                processor.process,
+                clock_ms=lambda: int(time.time() * 1000),
+                on_lateness=lateness.observe,
+            )
+
+    return consume_retry
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recon-streams")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_worker(settings: Settings) -> None:
+    """Run one worker in the foreground until SIGTERM/SIGINT (Faust handles the signals)."""
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level.lower().replace("warning", "warn"),
+        quiet=True,
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()

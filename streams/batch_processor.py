@@ -1,0 +1,241 @@
+"""One batch of consumed records: decode, apply through the domain, route every failure.
+
+This is the only place the Kafka side calls the domain, through two small interfaces: the
+codec (bytes -> event) and the ``Reconciler`` (a batch of events in, one outcome each out).
+
+The contract with the caller (a Faust agent over ``stream.take_events``): ``process`` returns
+only when every record of the batch is settled -- applied (durably, in the sink), a no-op,
+or copied to a retry tier / the DLT *and acknowledged by the broker*. Faust acks the batch's
+offsets after ``process`` returns, and commits only acked offsets. So a crash anywhere before
+that replays the batch: at-least-once delivery + idempotent apply = effectively-once state.
+
+``process`` never raises for a bad record (Faust would ack a record whose agent raised, and
+it would be lost); only cancellation (shutdown, rebalance) escapes, leaving the batch unacked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from processors.apply_rules import Outcome
+from processors.codec import AvroCodec
+from processors.errors import ConflictError, FailureKind, ReconError
+from processors.event import ReconEvent
+from processors.reconciler import Reconciler
+from streams import metrics
+from streams.routing import Failure, OutgoingRecord, SourceRecord, classify, route
+from streams.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+
+class RecordSender(Protocol):
+    """Produces one record; the returned awaitable resolves when the broker has acked it."""
+
+    async def __call__(self, record: OutgoingRecord) -> Awaitable[object]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessingPolicy:
+    retry_delays: tuple[float, ...]
+    retry_jitter: float
+    inline_attempts: int
+    inline_backoff_s: float
+    permanent_classes: frozenset[str] = frozenset()
+    forward_backoff_max_s: float = 5.0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Counts per outcome for one batch: applied, duplicate, stale, retried, dead_lettered."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        *,
+        reconciler: Reconciler,
+        codec: AvroCodec,
+        send: RecordSender,
+        topics: TopicNames,
+        policy: ProcessingPolicy,
+        sink_executor: Executor,
+        clock_ms: Callable[[], int] = _now_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._reconciler = reconciler
+        self._codec = codec
+        self._send = send
+        self._topics = topics
+        self._policy = policy
+        self._executor = sink_executor
+        self._clock_ms = clock_ms
+        self._rng = rng or random.Random()
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        result = BatchResult()
+        if not records:
+            return result
+        metrics.batch_records.observe(len(records))
+        metrics.in_flight_records.inc(len(records))
+        try:
+            failures: list[tuple[SourceRecord, Failure]] = []
+            decoded: list[tuple[SourceRecord, ReconEvent]] = []
+            for record in records:
+                metrics.records_consumed.labels(record.topic).inc()
+                try:
+                    decoded.append((record, self._codec.decode(record.value or b"")))
+                except Exception as exc:  # the codec only raises ReconError; belt and braces
+                    failures.append((record, classify(exc, self._policy.permanent_classes)))
+            failures.extend(await self._apply(decoded, result))
+            await self._forward(failures, result)
+            self._observe_latency(records)
+        finally:
+            metrics.in_flight_records.dec(len(records))
+        return result
+
+    # --- apply -------------------------------------------------------------------------------
+
+    async def _apply(
+        self, decoded: list[tuple[SourceRecord, ReconEvent]], result: BatchResult
+    ) -> list[tuple[SourceRecord, Failure]]:
+        """Apply the decoded events; return the records that failed, with why."""
+        if not decoded:
+            return []
+        events = [event for _, event in decoded]
+        try:
+            outcomes = await self._reconcile_with_inline_retries(events)
+        except Exception as exc:
+            failure = classify(exc, self._policy.permanent_classes)
+            if failure.kind is FailureKind.PERMANENT and len(decoded) > 1:
+                # A batch-wide permanent error may come from one record (a value the store
+                # rejects): apply one by one so only the culprit is dead-lettered.
+                failures: list[tuple[SourceRecord, Failure]] = []
+                for pair in decoded:
+                    failures.extend(await self._apply([pair], result))
+                return failures
+            return [(record, failure) for record, _ in decoded]
+        failed: list[tuple[SourceRecord, Failure]] = []
+        for (record, event), outcome in zip(decoded, outcomes, strict=True):
+            if outcome is Outcome.CONFLICT:
+                conflict = ConflictError(
+                    f"entity {event.entity_id!r} already has version {event.version} "
+                    f"from another event (this event_id {event.event_id!r})"
+                )
+                failed.append((record, classify(conflict)))
+                continue
+            result.counts[outcome.value] += 1
+            metrics.records_outcome.labels(record.topic, outcome.value, "").inc()
+        return failed
+
+    async def _reconcile_with_inline_retries(self, events: list[ReconEvent]) -> list[Outcome]:
+        """Apply the batch; retry transient failures in place a few times before giving up.
+
+        In-place retries absorb blips (a lock, one dropped connection) without a trip
+        through the retry topics; the whole batch is atomic in the sink, so a failed attempt
+        wrote nothing and retrying it is safe.
+        """
+        loop = asyncio.get_running_loop()
+        attempts = self._policy.inline_attempts
+        started = time.perf_counter()
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    return await loop.run_in_executor(
+                        self._executor, self._reconciler.reconcile, events
+                    )
+                except ReconError as exc:
+                    if exc.kind is not FailureKind.TRANSIENT or attempt == attempts:
+                        raise
+                    delay = self._policy.inline_backoff_s * (2 ** (attempt - 1))
+                    log.debug("transient sink failure (%s), retrying in %.2fs", exc, delay)
+                    await asyncio.sleep(delay)
+            raise AssertionError("unreachable")
+        finally:
+            metrics.apply_seconds.observe(time.perf_counter() - started)
+
+    # --- forward -----------------------------------------------------------------------------
+
+    async def _forward(
+        self, failures: list[tuple[SourceRecord, Failure]], result: BatchResult
+    ) -> None:
+        """Produce every retry/DLT copy and wait until the broker has acked all of them.
+
+        Producing is retried until it succeeds: returning early would let Faust commit the
+        source offsets of records whose copies do not exist.
+        """
+        if not failures:
+            return
+        now = self._clock_ms()
+        outgoing = [
+            route(
+                record,
+                failure,
+                topics=self._topics,
+                delays=self._policy.retry_delays,
+                jitter=self._policy.retry_jitter,
+                now_ms=now,
+                rng=self._rng,
+            )
+            for record, failure in failures
+        ]
+        pending = list(outgoing)
+        backoff = 0.1
+        while pending:
+            outcomes = await asyncio.gather(
+                *(self._send_and_wait(copy) for copy in pending), return_exceptions=True
+            )
+            failed = [
+                c for c, o in zip(pending, outcomes, strict=True) if isinstance(o, BaseException)
+            ]
+            if failed:
+                metrics.forward_failures.inc(len(failed))
+                log.warning(
+                    "could not produce %d retry/DLT copies (%s); retrying in %.1fs",
+                    len(failed),
+                    next(o for o in outcomes if isinstance(o, BaseException)),
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._policy.forward_backoff_max_s)
+            pending = failed
+        for (record, failure), copy in zip(failures, outgoing, strict=True):
+            outcome = "dead_lettered" if copy.is_dead_letter else "retried"
+            result.counts[outcome] += 1
+            metrics.records_outcome.labels(record.topic, outcome, failure.reason).inc()
+            level = logging.INFO if copy.is_dead_letter else logging.DEBUG
+            log.log(
+                level,
+                "%s %s[%d]@%d -> %s (%s: %s)",
+                outcome,
+                record.topic,
+                record.partition,
+                record.offset,
+                copy.topic,
+                failure.reason,
+                failure.message[:200],
+            )
+
+    async def _send_and_wait(self, copy: OutgoingRecord) -> object:
+        ack = await self._send(copy)
+        return await ack
+
+    def _observe_latency(self, records: Sequence[SourceRecord]) -> None:
+        now = self._clock_ms()
+        for record in records:
+            if record.timestamp_ms > 0:
+                metrics.end_to_end_seconds.observe(max(0.0, (now - record.timestamp_ms) / 1000))

@@ -1,0 +1,1 @@
+"""Thin wrappers over the Kafka clients: one security model, admin, producer, offsets."""
