@@ -8,6 +8,7 @@ which would put them in shell history and ``ps`` output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -126,8 +127,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
         records: Any = ((r.key.encode(), r.value) for r in generate(spec, codec))
         report = publish(make_producer(settings), settings.topic, records, rate_per_s=args.rate)
     else:
-        source = sys.stdin if args.file in (None, "-") else Path(args.file).open(encoding="utf-8")
-        with source:
+        with contextlib.ExitStack() as stack:
+            if args.file in (None, "-"):
+                source: Any = sys.stdin
+            else:
+                try:
+                    source = stack.enter_context(Path(args.file).open(encoding="utf-8"))
+                except OSError as exc:
+                    raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
             report = publish(
                 make_producer(settings),
                 settings.topic,
