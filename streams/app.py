@@ -33,7 +33,9 @@ from processors.reconciler import Reconciler
 from processors.sinks import open_sink
 from streams import metrics
 from streams.batch_processor import BatchProcessor, ProcessingPolicy
+from streams.circuit import CircuitBreaker, CircuitPolicy
 from streams.kafka.client_config import faust_credentials
+from streams.retry_budget import RetryBudget, RetryBudgetPolicy
 from streams.retry_schedule import process_when_due
 from streams.routing import OutgoingRecord, SourceRecord
 from streams.settings import Settings
@@ -88,10 +90,27 @@ def source_record(event: Any) -> SourceRecord:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
+class ReconApp(faust.App):  # type: ignore[misc]
+    """faust.App with two hooks: after start (metrics, producer) and after stop (sink)."""
+
+    recon_on_started: Callable[[], Awaitable[None]] | None = None
+    recon_on_stopped: Callable[[], None] | None = None
+
+    async def on_started(self) -> None:
+        await super().on_started()
+        if self.recon_on_started is not None:
+            await self.recon_on_started()
+
+    async def on_stop(self) -> None:
+        await super().on_stop()
+        if self.recon_on_stopped is not None:
+            self.recon_on_stopped()
+
+
+def create_app(settings: Settings) -> ReconApp:
     """Build the worker's Faust app with its agents (not started)."""
     topics = TopicNames.from_settings(settings)
-    app = faust.App(settings.group, **faust_app_options(settings))
+    app = ReconApp(settings.group, **faust_app_options(settings))
     sink_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-sink")
     sink = open_sink(settings.sink_url)
     codec = AvroCodec(EventLimits())
@@ -117,6 +136,26 @@ def create_app(settings: Settings) -> faust.App:
             retry_jitter=settings.retry_jitter,
             inline_attempts=settings.inline_attempts,
             inline_backoff_s=settings.inline_backoff_s,
+            permanent_classes=settings.permanent_errors,
+        ),
+        circuit=CircuitBreaker(
+            CircuitPolicy(
+                window_s=settings.circuit_window_s,
+                min_calls=settings.circuit_min_calls,
+                failure_threshold=settings.circuit_failure_threshold,
+                open_s=settings.circuit_open_s,
+                max_open_s=settings.circuit_max_open_s,
+                probe_records=settings.circuit_probe_records,
+                enabled=settings.circuit_enabled,
+            )
+        ),
+        budget=RetryBudget(
+            RetryBudgetPolicy(
+                ratio=settings.retry_budget_ratio,
+                window_s=settings.retry_budget_window_s,
+                floor=settings.retry_budget_floor,
+                enabled=settings.retry_budget_enabled,
+            )
         ),
         sink_executor=sink_executor,
         rng=random.Random(),
@@ -135,18 +174,18 @@ def create_app(settings: Settings) -> faust.App:
             name=f"recon-retry-{tier}",
         )(_retry_agent(settings, processor, tier))
 
-    @app.on_startup.connect
-    async def _start(app: faust.App, **kwargs: Any) -> None:
+    async def on_started() -> None:
         metrics.build_info.info({"version": _version(), "group": settings.group})
         metrics.serve(settings.metrics_host, settings.metrics_port)
         await app.maybe_start_producer()
         log.info("recon worker: group=%s topics=%s sink=%s", settings.group, topics.all, sink)
 
-    @app.on_shutdown.connect
-    async def _stop(app: faust.App, **kwargs: Any) -> None:
+    def on_stopped() -> None:
         sink_executor.submit(sink.close).result(timeout=10)
         sink_executor.shutdown(wait=True)
 
+    app.recon_on_started = on_started
+    app.recon_on_stopped = on_stopped
     return app
 
 

@@ -27,11 +27,13 @@ from typing import Protocol
 
 from processors.apply_rules import Outcome
 from processors.codec import AvroCodec
-from processors.errors import ConflictError, FailureKind, ReconError
+from processors.errors import ConflictError, FailureKind
 from processors.event import ReconEvent
 from processors.reconciler import Reconciler
 from streams import metrics
-from streams.routing import Failure, OutgoingRecord, SourceRecord, classify, route
+from streams.circuit import CircuitBreaker, CircuitState
+from streams.retry_budget import RetryBudget
+from streams.routing import ATTEMPT, Failure, OutgoingRecord, SourceRecord, classify, route
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,9 @@ class BatchResult:
     counts: Counter[str] = field(default_factory=Counter)
 
 
+_CIRCUIT_CODES = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -74,9 +79,13 @@ class BatchProcessor:
         topics: TopicNames,
         policy: ProcessingPolicy,
         sink_executor: Executor,
+        circuit: CircuitBreaker,
+        budget: RetryBudget,
         clock_ms: Callable[[], int] = _now_ms,
         rng: random.Random | None = None,
     ) -> None:
+        self._circuit = circuit
+        self._budget = budget
         self._reconciler = reconciler
         self._codec = codec
         self._send = send
@@ -92,6 +101,7 @@ class BatchProcessor:
             return result
         metrics.batch_records.observe(len(records))
         metrics.in_flight_records.inc(len(records))
+        self._budget.on_consumed(len(records), time.monotonic())
         try:
             failures: list[tuple[SourceRecord, Failure]] = []
             decoded: list[tuple[SourceRecord, ReconEvent]] = []
@@ -113,22 +123,74 @@ class BatchProcessor:
     async def _apply(
         self, decoded: list[tuple[SourceRecord, ReconEvent]], result: BatchResult
     ) -> list[tuple[SourceRecord, Failure]]:
-        """Apply the decoded events; return the records that failed, with why."""
+        """Apply the decoded events; return the records that failed for good, with why.
+
+        Transient failures are retried in place ``inline_attempts`` times, then the records
+        go to their next retry tier -- unless the circuit is open (hold the batch until the
+        downstream answers probes) or the retry budget is spent (hold and keep retrying in
+        place). Holding means not returning: the batch stays unacked and Faust stops
+        fetching once its buffer is full, which pauses consumption without losing anything.
+        """
         if not decoded:
             return []
-        events = [event for _, event in decoded]
-        try:
-            outcomes = await self._reconcile_with_inline_retries(events)
-        except Exception as exc:
-            failure = classify(exc, self._policy.permanent_classes)
-            if failure.kind is FailureKind.PERMANENT and len(decoded) > 1:
-                # A batch-wide permanent error may come from one record (a value the store
-                # rejects): apply one by one so only the culprit is dead-lettered.
-                failures: list[tuple[SourceRecord, Failure]] = []
-                for pair in decoded:
-                    failures.extend(await self._apply([pair], result))
-                return failures
-            return [(record, failure) for record, _ in decoded]
+        failed_attempts = 0
+        while True:
+            await self._wait_for_circuit()
+            limit = self._circuit.batch_limit()
+            if limit is not None and len(decoded) > limit:
+                # Half-open: probe with a trickle, then the rest (which re-checks the circuit).
+                head = await self._apply(decoded[:limit], result)
+                return head + await self._apply(decoded[limit:], result)
+            try:
+                outcomes = await self._reconcile([event for _, event in decoded])
+            except Exception as exc:
+                failure = classify(exc, self._policy.permanent_classes)
+                if failure.kind is FailureKind.PERMANENT:
+                    return await self._isolate_permanent(decoded, failure, result)
+                self._circuit.record(failed=True, now=time.monotonic())
+                failed_attempts += 1
+                if self._circuit.state is not CircuitState.CLOSED:
+                    log.warning(
+                        "downstream circuit %s: holding %d records",
+                        self._circuit.state,
+                        len(decoded),
+                    )
+                    continue
+                if failed_attempts < self._policy.inline_attempts:
+                    await asyncio.sleep(self._backoff(failed_attempts))
+                    continue
+                retrying = sum(1 for record, _ in decoded if self._goes_to_retry_tier(record))
+                if self._budget.try_spend(retrying, time.monotonic()):
+                    return [(record, failure) for record, _ in decoded]
+                metrics.retry_budget_holds.inc()
+                log.warning("retry budget spent: holding %d records in place", len(decoded))
+                await asyncio.sleep(self._backoff(failed_attempts))
+                continue
+            self._circuit.record(failed=False, now=time.monotonic())
+            return self._settle(decoded, outcomes, result)
+
+    async def _isolate_permanent(
+        self,
+        decoded: list[tuple[SourceRecord, ReconEvent]],
+        failure: Failure,
+        result: BatchResult,
+    ) -> list[tuple[SourceRecord, Failure]]:
+        """A batch-wide permanent error may come from one record (a value the store rejects):
+        apply one by one so only the culprit is dead-lettered."""
+        if len(decoded) == 1:
+            return [(decoded[0][0], failure)]
+        failures: list[tuple[SourceRecord, Failure]] = []
+        for pair in decoded:
+            failures.extend(await self._apply([pair], result))
+        return failures
+
+    def _settle(
+        self,
+        decoded: list[tuple[SourceRecord, ReconEvent]],
+        outcomes: list[Outcome],
+        result: BatchResult,
+    ) -> list[tuple[SourceRecord, Failure]]:
+        """Count applied/no-op outcomes; conflicts become permanent failures."""
         failed: list[tuple[SourceRecord, Failure]] = []
         for (record, event), outcome in zip(decoded, outcomes, strict=True):
             if outcome is Outcome.CONFLICT:
@@ -142,31 +204,25 @@ class BatchProcessor:
             metrics.records_outcome.labels(record.topic, outcome.value, "").inc()
         return failed
 
-    async def _reconcile_with_inline_retries(self, events: list[ReconEvent]) -> list[Outcome]:
-        """Apply the batch; retry transient failures in place a few times before giving up.
-
-        In-place retries absorb blips (a lock, one dropped connection) without a trip
-        through the retry topics; the whole batch is atomic in the sink, so a failed attempt
-        wrote nothing and retrying it is safe.
-        """
+    async def _reconcile(self, events: list[ReconEvent]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
-        attempts = self._policy.inline_attempts
         started = time.perf_counter()
         try:
-            for attempt in range(1, attempts + 1):
-                try:
-                    return await loop.run_in_executor(
-                        self._executor, self._reconciler.reconcile, events
-                    )
-                except ReconError as exc:
-                    if exc.kind is not FailureKind.TRANSIENT or attempt == attempts:
-                        raise
-                    delay = self._policy.inline_backoff_s * (2 ** (attempt - 1))
-                    log.debug("transient sink failure (%s), retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-            raise AssertionError("unreachable")
+            return await loop.run_in_executor(self._executor, self._reconciler.reconcile, events)
         finally:
             metrics.apply_seconds.observe(time.perf_counter() - started)
+
+    async def _wait_for_circuit(self) -> None:
+        while not self._circuit.allows(time.monotonic()):
+            metrics.circuit_state.set(_CIRCUIT_CODES[self._circuit.state])
+            await asyncio.sleep(max(0.01, self._circuit.seconds_until_probe(time.monotonic())))
+        metrics.circuit_state.set(_CIRCUIT_CODES[self._circuit.state])
+
+    def _backoff(self, failed_attempts: int) -> float:
+        return min(self._policy.inline_backoff_s * (2 ** (failed_attempts - 1)), 5.0)
+
+    def _goes_to_retry_tier(self, record: SourceRecord) -> bool:
+        return (record.int_header(ATTEMPT) or 0) < len(self._policy.retry_delays)
 
     # --- forward -----------------------------------------------------------------------------
 

@@ -61,3 +61,15 @@ def serve(host: str, port: int) -> None:
     """Serve /metrics on host:port (port 0 disables the endpoint)."""
     if port:
         start_http_server(port, addr=host, registry=REGISTRY)
+
+
+circuit_state = Gauge(
+    "recon_circuit_state",
+    "Downstream circuit breaker: 0 closed, 1 half-open, 2 open",
+    registry=REGISTRY,
+)
+retry_budget_holds = Counter(
+    "recon_retry_budget_holds_total",
+    "Times a failed batch was held in place because the retry budget was spent",
+    registry=REGISTRY,
+)

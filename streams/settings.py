@@ -79,6 +79,21 @@ class Settings(BaseSettings):
     # --- Failure routing ---------------------------------------------------------------------
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
     retry_jitter: float = Field(0.1, ge=0.0, le=1.0, description="full jitter fraction")
+    # Exception class names (besides the domain's own) that are permanent: straight to the DLT.
+    permanent_errors: Annotated[frozenset[str], NoDecode] = frozenset()
+    # Retry budget: retry copies <= ratio x records consumed over the window (+ floor).
+    retry_budget_enabled: bool = True
+    retry_budget_ratio: float = Field(0.2, ge=0.0, le=10.0)
+    retry_budget_window_s: float = Field(60.0, ge=1.0, le=3600.0)
+    retry_budget_floor: int = Field(10, ge=0, le=1_000_000)
+    # Circuit breaker on the downstream (see streams/circuit.py).
+    circuit_enabled: bool = True
+    circuit_window_s: float = Field(10.0, ge=0.5, le=600.0)
+    circuit_min_calls: int = Field(5, ge=1, le=10_000)
+    circuit_failure_threshold: float = Field(0.5, gt=0.0, le=1.0)
+    circuit_open_s: float = Field(1.0, ge=0.05, le=600.0)
+    circuit_max_open_s: float = Field(30.0, ge=0.05, le=3600.0)
+    circuit_probe_records: int = Field(10, ge=1, le=100_000)
 
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
@@ -100,6 +115,13 @@ class Settings(BaseSettings):
     def _parse_retry_delays(cls, value: object) -> object:
         if isinstance(value, str):
             value = parse_durations(value)
+        return value
+
+    @field_validator("permanent_errors", mode="before")
+    @classmethod
+    def _parse_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return frozenset(n.strip() for n in value.split(",") if n.strip())
         return value
 
     @field_validator("retry_delays")
