@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from prometheus_client import Histogram
 
 from processors.codec import AvroCodec
 from processors.event import EventLimits
@@ -34,6 +35,7 @@ from processors.sinks import open_sink
 from streams import metrics
 from streams.batch_processor import BatchProcessor, ProcessingPolicy
 from streams.circuit import CircuitBreaker, CircuitPolicy
+from streams.failpoints import Failpoints
 from streams.kafka.client_config import faust_credentials
 from streams.retry_budget import RetryBudget, RetryBudgetPolicy
 from streams.retry_schedule import process_when_due
@@ -43,7 +45,7 @@ from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-retry_lateness_seconds = metrics.Histogram(
+retry_lateness_seconds = Histogram(
     "recon_retry_lateness_seconds",
     "How late after its due time a retry record was processed",
     ["tier"],
@@ -90,7 +92,7 @@ def source_record(event: Any) -> SourceRecord:
     )
 
 
-class ReconApp(faust.App):  # type: ignore[misc]
+class ReconApp(faust.App):
     """faust.App with two hooks: after start (metrics, producer) and after stop (sink)."""
 
     recon_on_started: Callable[[], Awaitable[None]] | None = None
@@ -159,6 +161,7 @@ def create_app(settings: Settings) -> ReconApp:
         ),
         sink_executor=sink_executor,
         rng=random.Random(),
+        failpoints=Failpoints(settings.failpoint),
     )
 
     main_topic = app.topic(topics.main, key_serializer="raw", value_serializer="raw")

@@ -32,6 +32,7 @@ from processors.event import ReconEvent
 from processors.reconciler import Reconciler
 from streams import metrics
 from streams.circuit import CircuitBreaker, CircuitState
+from streams.failpoints import Failpoints
 from streams.retry_budget import RetryBudget
 from streams.routing import ATTEMPT, Failure, OutgoingRecord, SourceRecord, classify, route
 from streams.topics import TopicNames
@@ -83,7 +84,9 @@ class BatchProcessor:
         budget: RetryBudget,
         clock_ms: Callable[[], int] = _now_ms,
         rng: random.Random | None = None,
+        failpoints: Failpoints | None = None,
     ) -> None:
+        self._failpoints = failpoints or Failpoints(None)
         self._circuit = circuit
         self._budget = budget
         self._reconciler = reconciler
@@ -112,7 +115,11 @@ class BatchProcessor:
                 except Exception as exc:  # the codec only raises ReconError; belt and braces
                     failures.append((record, classify(exc, self._policy.permanent_classes)))
             failures.extend(await self._apply(decoded, result))
+            if decoded:
+                self._failpoints.hit("after_apply")
             await self._forward(failures, result)
+            if failures:
+                self._failpoints.hit("after_forward")
             self._observe_latency(records)
         finally:
             metrics.in_flight_records.dec(len(records))
@@ -219,7 +226,7 @@ class BatchProcessor:
         metrics.circuit_state.set(_CIRCUIT_CODES[self._circuit.state])
 
     def _backoff(self, failed_attempts: int) -> float:
-        return min(self._policy.inline_backoff_s * (2 ** (failed_attempts - 1)), 5.0)
+        return min(self._policy.inline_backoff_s * 2.0 ** (failed_attempts - 1), 5.0)
 
     def _goes_to_retry_tier(self, record: SourceRecord) -> bool:
         return (record.int_header(ATTEMPT) or 0) < len(self._policy.retry_delays)

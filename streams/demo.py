@@ -35,7 +35,7 @@ from streams.broker import ensure_broker, free_port
 from streams.kafka.offsets import read_topic
 from streams.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import PublishReport, make_producer, publish
-from streams.routing import DLT_REASON
+from streams.routing import DLT_REASON, headers_dict
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
@@ -213,9 +213,7 @@ def _summarize(
     no_op = out["duplicate"] + out["stale"]
     lost = produced - (out["applied"] + no_op + out["dead_lettered"])
     dlt = list(read_topic(settings, settings.dlt_topic, idle_timeout_s=1.5))
-    reasons = Counter(
-        dict(m.headers() or []).get(DLT_REASON, b"?").decode("utf-8", "replace") for m in dlt
-    )
+    reasons = Counter(headers_dict(m.headers() or []).get(DLT_REASON, "?") for m in dlt)
     sink = open_sink(settings.sink_url)
     try:
         rows = sink.snapshot()

@@ -99,6 +99,8 @@ def publish(
             return
         report.published += 1
         partition, offset = msg.partition(), msg.offset()
+        if partition is None or offset is None:
+            return
         if offset + 1 > report.end_offsets.get(partition, 0):
             report.end_offsets[partition] = offset + 1
 

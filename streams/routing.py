@@ -169,6 +169,11 @@ def _provenance(record: SourceRecord, now_ms: int) -> Headers:
     )
 
 
-def headers_dict(headers: Iterable[tuple[str, bytes]]) -> Mapping[str, str]:
-    """Headers as text, last value wins (for display and tests)."""
-    return {k: v.decode("utf-8", "replace") for k, v in headers}
+def headers_dict(
+    headers: Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None],
+) -> dict[str, str]:
+    """Headers as text, last value wins (for display, tooling and tests)."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return {
+        k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "") for k, v in items
+    }

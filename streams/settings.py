@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     circuit_max_open_s: float = Field(30.0, ge=0.05, le=3600.0)
     circuit_probe_records: int = Field(10, ge=1, le=100_000)
 
+    # Testing only: crash at a named point (streams/failpoints.py), e.g. "after_forward:3".
+    failpoint: str | None = Field(None, pattern=r"^(after_apply|after_forward)(:[0-9]+)?$")
+
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9308, ge=0, le=65535)

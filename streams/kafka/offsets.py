@@ -61,9 +61,10 @@ def read_topic(
         while seen < max_records and time.monotonic() - idle_since < idle_timeout_s:
             batch = consumer.consume(num_messages=1000, timeout=0.2)
             for msg in batch:
-                if msg.error() is not None:
-                    if msg.error().fatal():
-                        raise KafkaException(msg.error())
+                error = msg.error()
+                if error is not None:
+                    if error.fatal():
+                        raise KafkaException(error)
                     continue
                 seen += 1
                 yield msg
