@@ -22,12 +22,12 @@ class ReconError(Exception):
     """Base of every failure the domain layer raises on purpose."""
 
     kind: ClassVar[FailureKind] = FailureKind.PERMANENT
-    default_reason: ClassVar[str] = "error"
+    reason: str = "error"  # the class's default; an instance may narrow it (e.g. "too_large")
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.reason: str = reason or self.default_reason
+        self.reason = reason or type(self).reason
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keyword-only ``reason`` would be lost by the default exception pickling.
@@ -44,19 +44,19 @@ def _rebuild(cls: type[ReconError], message: str, reason: str) -> ReconError:
 class DecodeError(ReconError):
     """The bytes are not a readable event (wrong magic, unknown schema, truncated, too large)."""
 
-    default_reason = "undecodable"
+    reason = "undecodable"
 
 
 class InvalidEvent(ReconError):
     """The event decoded (or parsed) but breaks a rule: bad id, limit exceeded, wrong type."""
 
-    default_reason = "invalid"
+    reason = "invalid"
 
 
 class ConflictError(ReconError):
     """Same entity and version as the stored row but a different event id."""
 
-    default_reason = "conflict"
+    reason = "conflict"
 
 
 # --- transient: the downstream store may recover ----------------------------------------------
@@ -66,11 +66,11 @@ class DownstreamUnavailable(ReconError):
     """The store refused or dropped the connection, or the write failed before committing."""
 
     kind = FailureKind.TRANSIENT
-    default_reason = "downstream_unavailable"
+    reason = "downstream_unavailable"
 
 
 class DownstreamTimeout(ReconError):
     """The store did not answer in time (busy, locked, statement timeout)."""
 
     kind = FailureKind.TRANSIENT
-    default_reason = "downstream_timeout"
+    reason = "downstream_timeout"

@@ -154,10 +154,14 @@ class BatchProcessor:
                 failure = classify(exc, self._policy.permanent_classes)
                 if failure.kind is FailureKind.PERMANENT:
                     return await self._isolate_permanent(decoded, failure, result)
+                was = self._circuit.state
                 self._circuit.record(failed=True, now=time.monotonic())
+                if self._circuit.state is CircuitState.OPEN and was is not CircuitState.OPEN:
+                    metrics.circuit_opened.inc()
+                    log.warning("downstream circuit opened: %s", failure.message[:200])
                 failed_attempts += 1
                 if self._circuit.state is not CircuitState.CLOSED:
-                    log.warning(
+                    log.debug(
                         "downstream circuit %s: holding %d records",
                         self._circuit.state,
                         len(decoded),
@@ -170,7 +174,7 @@ class BatchProcessor:
                 if self._budget.try_spend(retrying, time.monotonic()):
                     return [(record, failure) for record, _ in decoded]
                 metrics.retry_budget_holds.inc()
-                log.warning("retry budget spent: holding %d records in place", len(decoded))
+                log.debug("retry budget spent: holding %d records in place", len(decoded))
                 await asyncio.sleep(self._backoff(failed_attempts))
                 continue
             self._circuit.record(failed=False, now=time.monotonic())

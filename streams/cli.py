@@ -175,6 +175,12 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return asdict(obj)
 
 
+def cmd_dlt(args: argparse.Namespace) -> int:
+    from streams.dlt import list_command
+
+    return list_command(args, load_settings(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import DemoOptions, run_demo
 
@@ -204,6 +210,12 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _add_dlt_filters(parser: argparse.ArgumentParser) -> None:
+    from streams.dlt import add_filter_arguments
+
+    add_filter_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -249,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-record-us", type=float)
     p.add_argument("--error-rate", type=_fraction)
     p.add_argument("--outage", type=lambda s: s.lower() in ("1", "true", "yes", "on"))
+
+    p = add(
+        "dlt", cmd_dlt, "list dead letters with their reasons (redrive: recon replay --from-dlt)"
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per dead letter")
+    _add_dlt_filters(p)
+    _add_common(p)
 
     p = add("demo", cmd_demo, "the main job on embedded defaults, with live progress")
     p.add_argument("--events", type=_positive_int, default=20_000)

@@ -68,6 +68,11 @@ circuit_state = Gauge(
     "Downstream circuit breaker: 0 closed, 1 half-open, 2 open",
     registry=REGISTRY,
 )
+circuit_opened = Counter(
+    "recon_circuit_opened_total",
+    "Times the downstream circuit opened (closed or half-open -> open)",
+    registry=REGISTRY,
+)
 retry_budget_holds = Counter(
     "recon_retry_budget_holds_total",
     "Times a failed batch was held in place because the retry budget was spent",

@@ -7,12 +7,20 @@ environment variables. No other module reads the environment: each receives the
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 from enum import StrEnum
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from processors.event import EventLimits
+
+log = logging.getLogger(__name__)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -32,6 +40,26 @@ def parse_durations(text: str) -> tuple[float, ...]:
     return tuple(parse_duration(p) for p in parts)
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any password (``user:PASSWORD@`` or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        redacted = url
+        if parts.password is not None:
+            userinfo, _, hostport = parts.netloc.rpartition("@")
+            user = userinfo.split(":", 1)[0]
+            redacted = redacted.replace(parts.netloc, f"{user}:***@{hostport}", 1)
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(k.lower() == "password" for k, _ in pairs):
+            query = urlencode(
+                [(k, "***" if k.lower() == "password" else v) for k, v in pairs], safe="*"
+            )
+            redacted = redacted.replace(parts.query, query, 1)
+        return redacted
+    except ValueError:
+        return "<unparsable URL>"
+
+
 class SecurityProtocol(StrEnum):
     PLAINTEXT = "PLAINTEXT"
     SSL = "SSL"
@@ -48,7 +76,11 @@ class SaslMechanism(StrEnum):
 class Settings(BaseSettings):
     """recon-streams settings; environment variables are ``RECON_<FIELD>``."""
 
-    model_config = SettingsConfigDict(env_prefix="RECON_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a ValidationError's text must never echo a value (a password
+    # passed in the environment would otherwise appear in it).
+    model_config = SettingsConfigDict(
+        env_prefix="RECON_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     # --- Kafka -------------------------------------------------------------------------------
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -98,6 +130,13 @@ class Settings(BaseSettings):
     # Testing only: crash at a named point (streams/failpoints.py), e.g. "after_forward:3".
     failpoint: str | None = Field(None, pattern=r"^(after_apply|after_forward)(:[0-9]+)?$")
 
+    # --- Input limits (processors.event.EventLimits; a record over one is dead-lettered) ---
+    max_record_bytes: int = Field(1_048_576, ge=64, le=64 * 1_048_576)
+    max_fields: int = Field(256, ge=0, le=100_000)
+    max_field_name_len: int = Field(128, ge=1, le=65_536)
+    max_string_len: int = Field(8192, ge=1, le=64 * 1_048_576)
+    max_id_len: int = Field(256, ge=1, le=65_536)
+
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9308, ge=0, le=65535)
@@ -138,20 +177,77 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:
-        sasl = self.security_protocol in (
-            SecurityProtocol.SASL_PLAINTEXT,
-            SecurityProtocol.SASL_SSL,
-        )
-        if sasl and (self.sasl_mechanism is None or not self.sasl_username):
-            raise ValueError(
-                f"security_protocol={self.security_protocol} needs sasl_mechanism and "
-                "sasl_username (RECON_SASL_MECHANISM, RECON_SASL_USERNAME)"
+        """Reject incomplete security settings; warn about (and ignore) settings the chosen
+        protocol does not use -- e.g. RECON_SASL_PASSWORD left in the environment of a
+        PLAINTEXT run. Messages name settings, never their values (a value may be a secret).
+        """
+        protocol = self.security_protocol
+        sasl = protocol in (SecurityProtocol.SASL_PLAINTEXT, SecurityProtocol.SASL_SSL)
+        tls = protocol in (SecurityProtocol.SSL, SecurityProtocol.SASL_SSL)
+        sasl_given = {
+            "RECON_SASL_MECHANISM": self.sasl_mechanism is not None,
+            "RECON_SASL_USERNAME": bool(self.sasl_username),
+            "RECON_SASL_PASSWORD": self.sasl_password is not None
+            and bool(self.sasl_password.get_secret_value()),
+        }
+        tls_given = {
+            "RECON_SSL_CAFILE": bool(self.ssl_cafile),
+            "RECON_SSL_CERTFILE": bool(self.ssl_certfile),
+            "RECON_SSL_KEYFILE": bool(self.ssl_keyfile),
+            "RECON_SSL_KEYFILE_PASSWORD": self.ssl_keyfile_password is not None,
+        }
+        if sasl:
+            missing = [name for name, given in sasl_given.items() if not given]
+            if missing:
+                raise ValueError(f"security_protocol={protocol} needs {', '.join(missing)}")
+            if protocol is SecurityProtocol.SASL_PLAINTEXT and (
+                self.sasl_mechanism is SaslMechanism.PLAIN
+            ):
+                log.warning(
+                    "SASL PLAIN over SASL_PLAINTEXT sends the password unencrypted; "
+                    "prefer SASL_SSL (or a SCRAM mechanism)"
+                )
+        elif unused := [name for name, given in sasl_given.items() if given]:
+            log.warning(
+                "%s set but security_protocol=%s does not use SASL: ignored",
+                ", ".join(unused),
+                protocol,
             )
-        if sasl and self.sasl_password is None:
-            raise ValueError("SASL needs a password (RECON_SASL_PASSWORD)")
-        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
-            raise ValueError("ssl_certfile and ssl_keyfile go together")
+        if tls:
+            if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+                raise ValueError(
+                    "ssl_certfile and ssl_keyfile go together (RECON_SSL_CERTFILE, "
+                    "RECON_SSL_KEYFILE)"
+                )
+            if self.ssl_keyfile_password is not None and not self.ssl_keyfile:
+                raise ValueError("RECON_SSL_KEYFILE_PASSWORD given without RECON_SSL_KEYFILE")
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                path = getattr(self, name)
+                if path and not Path(path).is_file():
+                    raise ValueError(f"{name}: no such file: {path}")
+        elif unused := [name for name, given in tls_given.items() if given]:
+            log.warning(
+                "%s set but security_protocol=%s does not use TLS: ignored",
+                ", ".join(unused),
+                protocol,
+            )
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # SecretStr fields already print as '**********'; a sink URL may carry a password.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "sink_url" else value)
+
+    @property
+    def event_limits(self) -> EventLimits:
+        """The input limits every decoder and the publisher apply (``RECON_MAX_*``)."""
+        return EventLimits(
+            max_record_bytes=self.max_record_bytes,
+            max_fields=self.max_fields,
+            max_field_name_len=self.max_field_name_len,
+            max_string_len=self.max_string_len,
+            max_id_len=self.max_id_len,
+        )
 
     # --- Derived names (topics live in streams/topics.py; these are the settings' view) -----
     @property
