@@ -2,7 +2,9 @@
 
 Pure state machine; the clock is passed in. CLOSED counts apply attempts in a sliding window;
 when at least ``min_calls`` attempts were made and the transient-failure share reaches
-``failure_threshold``, it OPENs. While OPEN, nothing is sent downstream: the worker holds its
+``failure_threshold`` -- or after ``min_calls`` transient failures in a row, however far
+apart (a worker holding a batch retries it slowly, and a time window alone would never fill
+up) -- it OPENs. While OPEN, nothing is sent downstream: the worker holds its
 batch (unacked) and Faust's flow control stops fetching, i.e. consumption pauses instead of
 forwarding every record to a retry topic. After ``open_s`` it goes HALF_OPEN and lets a
 trickle through (one probe batch of at most ``probe_records`` at a time); ``probes_to_close``
@@ -42,6 +44,7 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._open_for = policy.open_s
         self._probe_successes = 0
+        self._consecutive_failures = 0
         self.transitions = 0
 
     def allows(self, now: float) -> bool:
@@ -78,15 +81,17 @@ class CircuitBreaker:
                 self._open_for = self.policy.open_s
                 self._move(CircuitState.CLOSED)
             return
+        self._consecutive_failures = self._consecutive_failures + 1 if failed else 0
         self._calls.append((now, failed))
         while self._calls and self._calls[0][0] < now - self.policy.window_s:
             self._calls.popleft()
         failures = sum(1 for _, f in self._calls if f)
-        if (
-            self.state is CircuitState.CLOSED
-            and len(self._calls) >= self.policy.min_calls
+        rate_tripped = (
+            len(self._calls) >= self.policy.min_calls
             and failures / len(self._calls) >= self.policy.failure_threshold
-        ):
+        )
+        streak_tripped = self._consecutive_failures >= self.policy.min_calls
+        if failed and self.state is CircuitState.CLOSED and (rate_tripped or streak_tripped):
             self._open(now, longer=False)
 
     def _open(self, now: float, *, longer: bool) -> None:
@@ -94,6 +99,7 @@ class CircuitBreaker:
             self._open_for = min(self._open_for * 2, self.policy.max_open_s)
         self._opened_at = now
         self._calls.clear()
+        self._consecutive_failures = 0
         self._move(CircuitState.OPEN)
 
     def _move(self, state: CircuitState) -> None:

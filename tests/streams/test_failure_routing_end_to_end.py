@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -33,14 +34,21 @@ from tests.streams.conftest import WorkerProcess, wait_for_commits
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def _load(count: int, seed: int, poison_rate: float = 0.002) -> list[SyntheticRecord]:
-    spec = SyntheticSpec(count=count, entities=1_000, poison_rate=poison_rate, seed=seed)
+def _load(
+    count: int, seed: int, poison_rate: float = 0.002, entities: int = 1_000
+) -> list[SyntheticRecord]:
+    spec = SyntheticSpec(count=count, entities=entities, poison_rate=poison_rate, seed=seed)
     return list(generate(spec, AvroCodec(EventLimits())))
 
 
-def _publish(settings: Settings, records: list[SyntheticRecord]) -> dict[int, int]:
+def _publish(
+    settings: Settings, records: list[SyntheticRecord], rate_per_s: float | None = None
+) -> dict[int, int]:
     report = publish(
-        make_producer(settings), settings.topic, ((r.key.encode(), r.value) for r in records)
+        make_producer(settings),
+        settings.topic,
+        ((r.key.encode(), r.value) for r in records),
+        rate_per_s=rate_per_s,
     )
     assert report.published == len(records) and not report.failed
     return report.end_offsets
@@ -67,7 +75,9 @@ def test_transient_faults_then_outage(
     budget_ratio, budget_floor, budget_window = 0.05, 20, 60.0
     settings = settings.model_copy(update={"sink_url": f"sim://?db={db}&control={control}&seed=3"})
     ensure_topics(settings)
-    records = _load(10_000, seed=21)
+    # ~2 events per entity: a retried event is often its entity's last, so its row shows
+    # when it was applied (checked against its due time below).
+    records = _load(10_000, seed=21, entities=5_000)
     expected = ExpectedState().observe_all(r.event for r in records if r.event is not None)
 
     worker: WorkerProcess = start_worker(  # type: ignore[operator]
@@ -81,22 +91,21 @@ def test_transient_faults_then_outage(
         RECON_BATCH_MAX="200",
     )
     started = time.monotonic()
-    end_offsets = _publish(settings, records)
-
-    # Phase 1: 20% transient failures while the backlog drains for a while ...
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        done = sum(outcome_totals([worker.metrics_url])[o] for o in TERMINAL_OUTCOMES)
-        if done >= len(records) // 3:
-            break
-        assert worker.proc.poll() is None, worker.log()[-3000:]
-        time.sleep(0.3)
-    # ... phase 2: the downstream is down for 30 s ...
+    # Paced upstream (~25 s of traffic) so records keep arriving through every phase.
+    result: dict[str, dict[int, int]] = {}
+    publisher = threading.Thread(
+        target=lambda: result.update(end_offsets=_publish(settings, records, rate_per_s=400)),
+        daemon=True,
+    )
+    publisher.start()
+    time.sleep(8)  # phase 1: 20% transient failures
+    assert worker.proc.poll() is None, worker.log()[-3000:]
     write_conditions(control, SimConditions(latency_ms=1.0, outage=True))
-    time.sleep(30)
+    time.sleep(30)  # phase 2: the downstream is down
     outage_outcomes = outcome_totals([worker.metrics_url])
-    # ... phase 3: it recovers.
-    write_conditions(control, SimConditions(latency_ms=1.0))
+    write_conditions(control, SimConditions(latency_ms=1.0))  # phase 3: recovered
+    publisher.join(timeout=120)
+    end_offsets = result["end_offsets"]
     wait_for_commits(settings, settings.topic, end_offsets, 180, [worker])
     for tier_topic in settings.retry_topics:  # retry tiers drained too
         _wait_tier_drained(settings, tier_topic, worker)
