@@ -151,9 +151,10 @@ class RedriveReport:
 
 
 def redrive(
-    settings: Settings, dlt_filter: DltFilter, *, dry_run: bool, out: TextIO = sys.stdout
+    settings: Settings, dlt_filter: DltFilter, *, dry_run: bool, out: TextIO | None = None
 ) -> RedriveReport:
     """Re-publish matching dead letters to their original topic and partition."""
+    out = out or sys.stdout
     report = RedriveReport()
     producer = None if dry_run else make_producer(settings)
 
@@ -193,8 +194,9 @@ def _line(letter: DeadLetter, prefix: str = "") -> str:
 
 
 def print_dead_letters(
-    letters: Iterable[DeadLetter], *, as_json: bool, out: TextIO = sys.stdout
+    letters: Iterable[DeadLetter], *, as_json: bool, out: TextIO | None = None
 ) -> int:
+    out = out or sys.stdout
     count = 0
     for letter in letters:
         count += 1
