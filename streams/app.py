@@ -20,7 +20,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,19 +29,22 @@ import faust
 from prometheus_client import Histogram
 
 from processors.codec import AvroCodec
-from processors.event import EventLimits
 from processors.reconciler import Reconciler
 from processors.sinks import open_sink
 from streams import metrics
+from streams.backpressure import Backpressure
 from streams.batch_processor import BatchProcessor, ProcessingPolicy
 from streams.circuit import CircuitBreaker, CircuitPolicy
 from streams.failpoints import Failpoints
 from streams.kafka.client_config import faust_credentials
+from streams.kafka.fast_consumer import register_bulk_topic, use_fast_path
+from streams.lanes import Lane
 from streams.retry_budget import RetryBudget, RetryBudgetPolicy
 from streams.retry_schedule import process_when_due
 from streams.routing import OutgoingRecord, SourceRecord
 from streams.settings import Settings
 from streams.topics import TopicNames
+from streams.worker_health import WorkerOps
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +116,11 @@ def create_app(settings: Settings) -> ReconApp:
     """Build the worker's Faust app with its agents (not started)."""
     topics = TopicNames.from_settings(settings)
     app = ReconApp(settings.group, **faust_app_options(settings))
+    if settings.fast_path:
+        use_fast_path(app)  # before anything creates the app's transport
     sink_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon-sink")
     sink = open_sink(settings.sink_url)
-    codec = AvroCodec(EventLimits())
+    codec = AvroCodec(settings.event_limits)
 
     async def send(record: OutgoingRecord) -> Awaitable[object]:
         fut: Awaitable[object] = await app.producer.send(
@@ -138,6 +143,7 @@ def create_app(settings: Settings) -> ReconApp:
             retry_jitter=settings.retry_jitter,
             inline_attempts=settings.inline_attempts,
             inline_backoff_s=settings.inline_backoff_s,
+            inline_backoff_max_s=settings.inline_backoff_max_s,
             permanent_classes=settings.permanent_errors,
         ),
         circuit=CircuitBreaker(
@@ -163,27 +169,52 @@ def create_app(settings: Settings) -> ReconApp:
         rng=random.Random(),
         failpoints=Failpoints(settings.failpoint),
     )
+    # Health (/healthz, /readyz), lag gauges and the ops endpoint; fed after each batch.
+    ops = WorkerOps(app, settings)
+
+    async def process(records: Sequence[SourceRecord]) -> None:
+        await processor.process(records)
+        ops.processed(records)
+
+    # Adaptive backpressure (streams/backpressure.py): every agent's batch goes through it.
+    backpressure = Backpressure(app, settings, processor, topics, process)
+
+    async def process_normal(records: Sequence[SourceRecord]) -> None:
+        await backpressure.process(Lane.NORMAL, records)
 
     main_topic = app.topic(topics.main, key_serializer="raw", value_serializer="raw")
+    if settings.fast_path:
+        # The agent below keeps the topic subscribed; its records bypass the stream.
+        register_bulk_topic(app, topics.main, process_normal, settings.batch_max)
 
     @app.agent(main_topic, name="recon-main")
     async def consume_main(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await processor.process([source_record(e) for e in events])
+        take = backpressure.take_max
+        async for events in stream.take_events(take, within=settings.batch_within_s):
+            await process_normal([source_record(e) for e in events])
+
+    for lane in (Lane.CRITICAL, Lane.BULK):  # priority lanes beside the main (normal) topic
+        app.agent(
+            app.topic(topics.lane_topic(lane), key_serializer="raw", value_serializer="raw"),
+            name=f"recon-{lane.value}",
+        )(_lane_agent(settings, backpressure, lane))
 
     for tier, name in enumerate(topics.retries, start=1):
         app.agent(
             app.topic(name, key_serializer="raw", value_serializer="raw"),
             name=f"recon-retry-{tier}",
-        )(_retry_agent(settings, processor, tier))
+        )(_retry_agent(settings, backpressure.process_retry, tier))
 
     async def on_started() -> None:
         metrics.build_info.info({"version": _version(), "group": settings.group})
-        metrics.serve(settings.metrics_host, settings.metrics_port)
+        await ops.start()
+        await backpressure.start()
         await app.maybe_start_producer()
         log.info("recon worker: group=%s topics=%s sink=%s", settings.group, topics.all, sink)
 
     def on_stopped() -> None:
+        ops.stop()
+        backpressure.stop()
         sink_executor.submit(sink.close).result(timeout=10)
         sink_executor.shutdown(wait=True)
 
@@ -192,8 +223,19 @@ def create_app(settings: Settings) -> ReconApp:
     return app
 
 
+def _lane_agent(
+    settings: Settings, backpressure: Backpressure, lane: Lane
+) -> Callable[[Any], Awaitable[None]]:
+    async def consume_lane(stream: Any) -> None:
+        take = backpressure.take_max
+        async for events in stream.take_events(take, within=settings.batch_within_s):
+            await backpressure.process(lane, [source_record(e) for e in events])
+
+    return consume_lane
+
+
 def _retry_agent(
-    settings: Settings, processor: BatchProcessor, tier: int
+    settings: Settings, process: Callable[[Sequence[SourceRecord]], Awaitable[None]], tier: int
 ) -> Callable[[Any], Awaitable[None]]:
     lateness = retry_lateness_seconds.labels(str(tier))
 
@@ -201,7 +243,7 @@ def _retry_agent(
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
             await process_when_due(
                 [source_record(e) for e in events],
-                processor.process,
+                process,
                 clock_ms=lambda: int(time.time() * 1000),
                 on_lateness=lateness.observe,
             )

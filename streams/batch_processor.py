@@ -46,12 +46,21 @@ class RecordSender(Protocol):
     async def __call__(self, record: OutgoingRecord) -> Awaitable[object]: ...
 
 
+class ApplyObserver(Protocol):
+    """Runs each downstream apply call in the sink thread, timing it (streams/signals.py)."""
+
+    def run(
+        self, reconcile: Callable[[list[ReconEvent]], list[Outcome]], events: list[ReconEvent]
+    ) -> list[Outcome]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessingPolicy:
     retry_delays: tuple[float, ...]
     retry_jitter: float
     inline_attempts: int
     inline_backoff_s: float
+    inline_backoff_max_s: float = 1.0
     permanent_classes: frozenset[str] = frozenset()
     forward_backoff_max_s: float = 5.0
 
@@ -97,6 +106,7 @@ class BatchProcessor:
         self._executor = sink_executor
         self._clock_ms = clock_ms
         self._rng = rng or random.Random()
+        self.apply_observer: ApplyObserver | None = None  # the governor's latency signal
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         result = BatchResult()
@@ -219,6 +229,10 @@ class BatchProcessor:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
+            if self.apply_observer is not None:
+                return await loop.run_in_executor(
+                    self._executor, self.apply_observer.run, self._reconciler.reconcile, events
+                )
             return await loop.run_in_executor(self._executor, self._reconciler.reconcile, events)
         finally:
             metrics.apply_seconds.observe(time.perf_counter() - started)
@@ -230,7 +244,8 @@ class BatchProcessor:
         metrics.circuit_state.set(_CIRCUIT_CODES[self._circuit.state])
 
     def _backoff(self, failed_attempts: int) -> float:
-        return min(self._policy.inline_backoff_s * 2.0 ** (failed_attempts - 1), 5.0)
+        backoff = self._policy.inline_backoff_s * 2.0 ** (failed_attempts - 1)
+        return min(backoff, self._policy.inline_backoff_max_s)
 
     def _goes_to_retry_tier(self, record: SourceRecord) -> bool:
         return (record.int_header(ATTEMPT) or 0) < len(self._policy.retry_delays)

@@ -3,6 +3,11 @@
 Used by ``recon broker``, ``recon demo`` and the test suite on machines without Docker.
 It keeps everything in memory: a restart loses all topics, records and committed offsets
 (see BROKER.md). Start it, wait until it answers a metadata request, stop it.
+
+Security: the embedded broker listens on 127.0.0.1 and speaks PLAINTEXT only (Tansu offers no
+TLS/SASL listener here). The readiness probe of :class:`EmbeddedBroker` therefore uses a plain
+client; :func:`ensure_broker`, which may probe a user's cluster, takes the security part of the
+client config (``streams.kafka.client_config.confluent_config``) from its caller.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -42,8 +48,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def broker_answers(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
-    """True when a Kafka metadata request to ``bootstrap_servers`` succeeds."""
+def broker_answers(
+    bootstrap_servers: str,
+    timeout_s: float = 2.0,
+    client_config: Mapping[str, Any] | None = None,
+) -> bool:
+    """True when a Kafka metadata request to ``bootstrap_servers`` succeeds.
+
+    ``client_config``: librdkafka settings (security) for a broker that is not PLAINTEXT.
+    """
     host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
     # A cheap TCP probe first: librdkafka logs noisily when nothing listens.
     try:
@@ -51,7 +64,9 @@ def broker_answers(bootstrap_servers: str, timeout_s: float = 2.0) -> bool:
             pass
     except (OSError, ValueError):
         return False
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    admin = AdminClient(
+        {**(client_config or {}), "bootstrap.servers": bootstrap_servers, "log_level": 0}
+    )
     try:
         admin.list_topics(timeout=timeout_s)
     except Exception:
@@ -71,6 +86,11 @@ class EmbeddedBroker:
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process id while it runs (for tests and resource sampling)."""
+        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
@@ -123,16 +143,26 @@ class EmbeddedBroker:
 
 
 @contextlib.contextmanager
-def ensure_broker(bootstrap_servers: str) -> Iterator[tuple[str, EmbeddedBroker | None]]:
+def ensure_broker(
+    bootstrap_servers: str, client_config: Mapping[str, Any] | None = None
+) -> Iterator[tuple[str, EmbeddedBroker | None]]:
     """Use the broker at ``bootstrap_servers`` if it answers; else start an embedded one there.
 
+    ``client_config`` (from ``confluent_config``) carries the security settings for the probe;
+    an embedded broker is started only for a PLAINTEXT loopback address.
     Yields the bootstrap address in use and the broker we started (None if one was running).
     """
-    if broker_answers(bootstrap_servers):
+    if broker_answers(bootstrap_servers, client_config=client_config):
         yield bootstrap_servers, None
         return
     host, _, port = bootstrap_servers.rpartition(":")
     if host not in ("127.0.0.1", "localhost"):
         raise BrokerUnavailable(f"no broker answers at {bootstrap_servers}")
+    protocol = (client_config or {}).get("security.protocol", "PLAINTEXT")
+    if protocol != "PLAINTEXT":
+        raise BrokerUnavailable(
+            f"no broker answers at {bootstrap_servers} with security.protocol={protocol}; "
+            "the embedded broker speaks PLAINTEXT only"
+        )
     with EmbeddedBroker(port=int(port), host="127.0.0.1") as broker:
         yield broker.bootstrap_servers, broker

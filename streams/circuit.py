@@ -30,7 +30,7 @@ class CircuitPolicy:
     min_calls: int = 5
     failure_threshold: float = 0.5
     open_s: float = 1.0
-    max_open_s: float = 30.0
+    max_open_s: float = 10.0
     probe_records: int = 10
     probes_to_close: int = 2
     enabled: bool = True

@@ -108,13 +108,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from processors.codec import AvroCodec
-    from processors.event import EventLimits
     from processors.synthetic import SyntheticSpec, generate
-    from streams.publish import make_producer, parse_json_lines, publish
+    from streams.publish import make_producer, parse_json_lines, publish, routed
+    from streams.topics import TopicNames
 
     settings = load_settings(args)
-    limits = EventLimits()
+    limits = settings.event_limits
     codec = AvroCodec(limits)
+    # Each event to its priority lane's topic, unless --no-lanes (all to --topic).
+    lanes = None if args.no_lanes else TopicNames.from_settings(settings)
     if args.synthetic is not None:
         spec = SyntheticSpec(
             count=args.synthetic,
@@ -124,7 +126,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
             poison_rate=args.poison_rate,
             seed=args.seed,
         )
-        records: Any = ((r.key.encode(), r.value) for r in generate(spec, codec))
+        records: Any = (
+            (r.key.encode(), r.value)
+            if lanes is None
+            else routed(lanes, r.key.encode(), r.value, r.event.priority if r.event else None)
+            for r in generate(spec, codec)
+        )
         report = publish(make_producer(settings), settings.topic, records, rate_per_s=args.rate)
     else:
         with contextlib.ExitStack() as stack:
@@ -138,7 +145,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             report = publish(
                 make_producer(settings),
                 settings.topic,
-                parse_json_lines(source, codec, limits),
+                parse_json_lines(source, codec, limits, lanes),
                 rate_per_s=args.rate,
             )
     for rejected in report.rejected:
@@ -149,6 +156,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
         f"published {report.published} to {settings.topic}; rejected {len(report.rejected)}; "
         f"failed {report.failed}"
     )
+    if lanes is not None and set(report.published_by_topic) - {settings.topic}:
+        by_lane = ", ".join(f"{t}: {n}" for t, n in sorted(report.published_by_topic.items()))
+        print(f"by lane topic: {by_lane}")
     return 1 if report.rejected or report.failed else 0
 
 
@@ -179,6 +189,18 @@ def cmd_dlt(args: argparse.Namespace) -> int:
     from streams.dlt import list_command
 
     return list_command(args, load_settings(args))
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    from streams.ops_cli import lag_command
+
+    return lag_command(args, load_settings(args))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.ops_cli import replay_command
+
+    return replay_command(args, load_settings(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -252,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poison-rate", type=_fraction, default=0.001)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rate", type=float, default=None, help="events per second (default: max)")
+    p.add_argument(
+        "--no-lanes",
+        action="store_true",
+        help="publish every event to --topic instead of its priority lane's topic",
+    )
     _add_common(p)
 
     p = add("sim", cmd_sim, "show or change the simulated downstream's conditions while it runs")
@@ -267,6 +294,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per dead letter")
     _add_dlt_filters(p)
+    _add_common(p)
+
+    from streams.ops_cli import add_lag_arguments, add_replay_arguments
+
+    p = add("lag", cmd_lag, "lag per partition, in messages and seconds, with a status")
+    add_lag_arguments(p)
+    _add_common(p)
+
+    p = add(
+        "replay",
+        cmd_replay,
+        "reset a group's committed offsets on --topic (or redrive the DLT with --from-dlt)",
+    )
+    add_replay_arguments(p)
     _add_common(p)
 
     p = add("demo", cmd_demo, "the main job on embedded defaults, with live progress")

@@ -26,12 +26,12 @@ from rich.live import Live
 from rich.table import Table
 
 from processors.codec import AvroCodec
-from processors.event import EventLimits
 from processors.sinks import open_sink
 from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.broker import ensure_broker, free_port
+from streams.kafka.client_config import confluent_config
 from streams.kafka.offsets import read_topic
 from streams.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import PublishReport, make_producer, publish
@@ -66,7 +66,7 @@ PHASES = (
     Phase(0.0, "healthy", SimConditions(latency_ms=2.0, jitter_ms=1.0)),
     Phase(0.25, "latency spike", SimConditions(latency_ms=80.0, jitter_ms=20.0)),
     Phase(0.45, "healthy", SimConditions(latency_ms=2.0, jitter_ms=1.0)),
-    Phase(0.55, "transient faults", SimConditions(latency_ms=2.0, jitter_ms=1.0, error_rate=0.3)),
+    Phase(0.55, "transient faults", SimConditions(latency_ms=2.0, jitter_ms=1.0, error_rate=0.4)),
     Phase(0.70, "healthy", SimConditions(latency_ms=2.0, jitter_ms=1.0)),
 )
 
@@ -82,18 +82,32 @@ class Worker:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One point of the demo's timeline (cumulative counts)."""
+
+    elapsed_s: float
+    phase: str
+    published: int
+    outcomes: dict[str, int]
+
+
 @dataclass
 class DemoState:
     phase: str = "starting"
     report: PublishReport = field(default_factory=PublishReport)
     publishing: bool = True
     outcomes: Counter[str] = field(default_factory=Counter)
+    timeline: list[Sample] = field(default_factory=list)
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
     console = Console()
     options.report_dir.mkdir(parents=True, exist_ok=True)
-    with ensure_broker(settings.bootstrap_servers) as (bootstrap, started):
+    with ensure_broker(settings.bootstrap_servers, confluent_config(settings)) as (
+        bootstrap,
+        started,
+    ):
         suffix = "" if started is not None else f".demo-{uuid.uuid4().hex[:6]}"
         db = options.report_dir / "demo.db"
         control = options.report_dir / "sim-control.json"
@@ -125,7 +139,7 @@ def _run(
     control: Path,
     console: Console,
 ) -> int:
-    codec = AvroCodec(EventLimits())
+    codec = AvroCodec(settings.event_limits)
     spec = SyntheticSpec(
         count=options.events, entities=max(10, options.events // 20), seed=options.seed
     )
@@ -154,6 +168,9 @@ def _run(
             elapsed = time.monotonic() - started
             _set_phase(state, control, elapsed / options.duration_s)
             state.outcomes = outcome_totals(urls)
+            state.timeline.append(
+                Sample(elapsed, state.phase, state.report.published, dict(state.outcomes))
+            )
             live.update(_view(state, options, elapsed))
             done = sum(state.outcomes[o] for o in TERMINAL_OUTCOMES)
             if not state.publishing and done >= state.report.published:
@@ -244,6 +261,8 @@ def _summarize(
     report = options.report_dir / "demo-summary.txt"
     report.write_text(text + "\n", encoding="utf-8")
     console.print(f"report: {report}")
+    plot = plot_timeline(state.timeline, options.report_dir / "demo-report.png")
+    console.print(f"plot:   {plot}" if plot else "plot:   skipped (matplotlib not installed)")
     return 0 if balanced and not mismatches else 1
 
 
@@ -257,6 +276,10 @@ def _start_worker(settings: Settings, index: int, log_dir: Path) -> Worker:
         "RECON_SINK_URL": settings.sink_url,
         "RECON_METRICS_PORT": str(port),
         "RECON_RETRY_DELAYS": DEMO_RETRY_DELAYS,
+        # One in-place attempt: the fault phase then shows records travelling the retry tiers.
+        "RECON_INLINE_ATTEMPTS": "1",
+        # A short circuit wait, so the plot shows the recovery within a second or two.
+        "RECON_CIRCUIT_MAX_OPEN_S": "2",
         "RECON_LOG_LEVEL": "warning",
     }
     log = (log_dir / f"worker-{index}.log").open("wb")
@@ -281,3 +304,49 @@ def _stop_workers(workers: list[Worker], timeout_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             worker.proc.kill()
             worker.proc.wait()
+
+
+def plot_timeline(timeline: list[Sample], path: Path) -> Path | None:
+    """Throughput, backlog and retries over time, with the downstream's phases shaded."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    if len(timeline) < 2:
+        return None
+    times = [s.elapsed_s for s in timeline]
+    final = [sum(s.outcomes.get(o, 0) for o in TERMINAL_OUTCOMES) for s in timeline]
+    rates = [0.0] + [
+        (final[i] - final[i - 1]) / max(1e-6, times[i] - times[i - 1]) for i in range(1, len(times))
+    ]
+    backlog = [max(0, s.published - f) for s, f in zip(timeline, final, strict=True)]
+    retried = [s.outcomes.get("retried", 0) for s in timeline]
+    dead = [s.outcomes.get("dead_lettered", 0) for s in timeline]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8), sharex=True)
+    axes[0].plot(times, rates, color="tab:blue")
+    axes[0].set_ylabel("settled records/s")
+    axes[1].plot(times, backlog, color="tab:orange")
+    axes[1].set_ylabel("backlog (records)")
+    axes[2].plot(times, retried, label="retried (cumulative)", color="tab:purple")
+    axes[2].plot(times, dead, label="dead-lettered (cumulative)", color="tab:red")
+    axes[2].set_ylabel("records")
+    axes[2].set_xlabel("seconds since the load started")
+    axes[2].legend(loc="upper left")
+    start = 0
+    colours = {"latency spike": "gold", "transient faults": "salmon"}
+    for i in range(1, len(timeline) + 1):
+        if i == len(timeline) or timeline[i].phase != timeline[start].phase:
+            colour = colours.get(timeline[start].phase)
+            if colour:
+                for axis in axes:
+                    axis.axvspan(times[start], times[i - 1], color=colour, alpha=0.3)
+                axes[0].text(times[start], max(rates) * 0.95, timeline[start].phase, fontsize=8)
+            start = i
+    fig.suptitle("recon demo: the downstream goes through a latency spike and transient faults")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

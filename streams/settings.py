@@ -104,9 +104,15 @@ class Settings(BaseSettings):
     sink_url: str = "sqlite:///recon.db"
     batch_max: int = Field(500, ge=1, le=100_000, description="records per apply batch")
     batch_within_s: float = Field(0.05, ge=0.0, le=10.0, description="max wait to fill a batch")
+    # Fast path (streams/kafka/fast_consumer.py): the main topic's fetched records go to the
+    # batch processor in bulk instead of one by one through Faust's streams. Off by default.
+    fast_path: bool = False
     # In-place attempts for a transient failure before the record is routed to a retry tier.
     inline_attempts: int = Field(3, ge=1, le=20)
     inline_backoff_s: float = Field(0.2, ge=0.0, le=30.0)
+    # Cap of that backoff; also the pace of retrying a batch held by the retry budget (the
+    # circuit breaker, not this backoff, protects a downstream that keeps failing).
+    inline_backoff_max_s: float = Field(1.0, ge=0.0, le=60.0)
 
     # --- Failure routing ---------------------------------------------------------------------
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
@@ -124,8 +130,58 @@ class Settings(BaseSettings):
     circuit_min_calls: int = Field(5, ge=1, le=10_000)
     circuit_failure_threshold: float = Field(0.5, gt=0.0, le=1.0)
     circuit_open_s: float = Field(1.0, ge=0.05, le=600.0)
-    circuit_max_open_s: float = Field(30.0, ge=0.05, le=3600.0)
+    circuit_max_open_s: float = Field(10.0, ge=0.05, le=3600.0)
     circuit_probe_records: int = Field(10, ge=1, le=100_000)
+
+    # --- Adaptive backpressure (streams/governor.py; docs/backpressure.md) ------------------
+    # Off: fixed batches of batch_max, no pausing, no pacing (the behaviour before the governor).
+    governor_enabled: bool = True
+    governor_tick_s: float = Field(0.1, ge=0.01, le=5.0, description="one sample per tick")
+    governor_window_s: float = Field(1.0, ge=0.1, le=60.0, description="latency window")
+    governor_window_min_samples: int = Field(10, ge=1, le=10_000)
+    # Enter DEGRADED: latency > factor x baseline for enter_samples ticks in a row, spanning
+    # enter_calls distinct slow calls (or one call running for stall_s).
+    governor_latency_factor: float = Field(10.0, ge=1.5, le=1000.0)
+    governor_enter_samples: int = Field(4, ge=1, le=1000)
+    governor_enter_calls: int = Field(2, ge=1, le=1000)
+    governor_stall_s: float = Field(2.0, ge=0.01, le=3600.0)
+    # Stop the normal lane too: latency > severe_factor x baseline for escalate_samples ticks.
+    governor_severe_factor: float = Field(20.0, ge=1.5, le=10_000.0)
+    governor_escalate_samples: int = Field(10, ge=1, le=10_000)
+    # Leave DEGRADED: window p95 <= recover_factor x baseline for recover_samples ticks.
+    governor_recover_factor: float = Field(4.0, ge=1.0, le=1000.0)
+    governor_recover_samples: int = Field(10, ge=1, le=10_000)
+    governor_resume_step_samples: int = Field(5, ge=1, le=10_000, description="between lanes")
+    governor_settle_samples: int = Field(10, ge=1, le=10_000, description="RECOVERY->NORMAL")
+    governor_idle_recover_s: float = Field(5.0, ge=0.1, le=3600.0)
+    governor_rebaseline_s: float = Field(300.0, ge=1.0, le=86_400.0)
+    governor_error_rate_max: float = Field(0.2, gt=0.0, le=1.0)
+    governor_error_window_s: float = Field(5.0, ge=0.1, le=3600.0)
+    governor_error_min_calls: int = Field(10, ge=1, le=100_000)
+    governor_loop_lag_max_s: float = Field(0.5, ge=0.01, le=60.0)
+    governor_cpu_max_percent: float = Field(90.0, ge=1.0, le=10_000.0)
+    governor_rss_max_mb: float = Field(0.0, ge=0.0, le=1_048_576.0, description="0: no limit")
+    # The in-flight limit (records, all lanes) and how it adapts (AIMD around the knee).
+    governor_limit_min: int = Field(50, ge=1, le=1_000_000)
+    governor_limit_max: int = Field(2000, ge=1, le=1_000_000)
+    governor_limit_initial: int = Field(500, ge=1, le=1_000_000)
+    governor_batch_max: int = Field(1000, ge=1, le=100_000)
+    governor_critical_reserve: int = Field(25, ge=0, le=1_000_000)
+    governor_increase_step: int = Field(25, ge=1, le=1_000_000)
+    governor_knee_factor: float = Field(2.0, gt=1.0, le=1000.0)
+    governor_knee_backoff: float = Field(0.9, ge=0.1, le=0.99)
+    governor_degrade_backoff: float = Field(0.5, ge=0.05, le=0.99)
+    governor_decrease_interval_samples: int = Field(10, ge=1, le=10_000)
+    governor_saturation: float = Field(0.8, ge=0.1, le=1.0)
+    governor_backlog_records: int = Field(100, ge=0, le=100_000_000)
+    governor_baseline_samples: int = Field(50, ge=3, le=10_000)
+    governor_warmup_samples: int = Field(5, ge=1, le=10_000)
+    governor_probe_interval_s: float = Field(30.0, ge=1.0, le=86_400.0)
+    governor_probe_samples: int = Field(3, ge=1, le=1000)
+    governor_pacing_factor: float = Field(1.0, ge=0.0, le=10.0)
+    governor_pacing_max_s: float = Field(1.0, ge=0.0, le=60.0)
+    # A JSON-lines timeline of the governor, one line per tick (benchmarks and tests).
+    governor_trace_path: str | None = None
 
     # Testing only: crash at a named point (streams/failpoints.py), e.g. "after_forward:3".
     failpoint: str | None = Field(None, pattern=r"^(after_apply|after_forward)(:[0-9]+)?$")
@@ -140,6 +196,9 @@ class Settings(BaseSettings):
     # --- Operations --------------------------------------------------------------------------
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(9308, ge=0, le=65535)
+    # /readyz turns unready when an assigned partition has lag and no progress for this long
+    # (retry tier n gets its delay on top: it holds records until they are due).
+    ready_stall_s: float = Field(30.0, gt=0.0, le=3600.0)
     log_level: str = Field("info", pattern=r"^(?i:debug|info|warning|error)$")
 
     # --- Security (one model for every client; see streams/kafka/client_config.py) ---------
@@ -174,6 +233,24 @@ class Settings(BaseSettings):
         if any(d <= 0 for d in value):
             raise ValueError("retry delays must be positive")
         return value
+
+    @model_validator(mode="after")
+    def _check_governor(self) -> Settings:
+        """Cross-field ranges of the governor (the same as GovernorPolicy's own checks)."""
+        problems = []
+        if not self.governor_limit_min <= self.governor_limit_initial <= self.governor_limit_max:
+            problems.append("governor_limit_min <= governor_limit_initial <= governor_limit_max")
+        if self.governor_critical_reserve >= self.governor_limit_min:
+            problems.append("governor_critical_reserve < governor_limit_min")
+        if self.governor_recover_factor >= self.governor_latency_factor:
+            problems.append("governor_recover_factor < governor_latency_factor (hysteresis)")
+        if self.governor_knee_factor > self.governor_recover_factor:
+            problems.append("governor_knee_factor <= governor_recover_factor")
+        if self.governor_severe_factor < self.governor_latency_factor:
+            problems.append("governor_severe_factor >= governor_latency_factor")
+        if problems:
+            raise ValueError("governor settings need " + "; ".join(problems))
+        return self
 
     @model_validator(mode="after")
     def _check_security(self) -> Settings:

@@ -3,6 +3,10 @@
 main: ``<topic>``; retry tiers: ``<topic>.retry.<n>`` (n = 1..len(retry_delays));
 dead letters: ``<topic>.dlt``. Retry topics get the main topic's partition count so a retry
 copy can keep its original partition (and with it, per-key locality).
+
+Priority lanes (streams/lanes.py): ``<topic>.critical`` and ``<topic>.bulk`` beside ``<topic>``
+(the normal lane), with the main topic's partition count; the retry tiers and the DLT are
+shared by all lanes (a copy names its original topic, hence its lane, in a header).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.kafka.client_config import confluent_config
+from streams.lanes import Lane
 from streams.settings import Settings
 
 
@@ -27,12 +32,39 @@ class TopicNames:
         return cls(settings.topic, tuple(settings.retry_topics), settings.dlt_topic)
 
     @property
+    def critical(self) -> str:
+        return f"{self.main}.critical"
+
+    @property
+    def bulk(self) -> str:
+        return f"{self.main}.bulk"
+
+    @property
+    def lanes(self) -> dict[Lane, str]:
+        """Lane -> its topic."""
+        return {Lane.CRITICAL: self.critical, Lane.NORMAL: self.main, Lane.BULK: self.bulk}
+
+    def lane_topic(self, lane: Lane) -> str:
+        return self.lanes[lane]
+
+    def lane_of(self, topic: str) -> Lane | None:
+        """The lane whose topic is ``topic`` (None for retry tiers, the DLT and others)."""
+        if topic == self.main:
+            return Lane.NORMAL
+        if topic == self.critical:
+            return Lane.CRITICAL
+        if topic == self.bulk:
+            return Lane.BULK
+        return None
+
+    @property
     def all(self) -> tuple[str, ...]:
-        return (self.main, *self.retries, self.dlt)
+        return (self.main, self.critical, self.bulk, *self.retries, self.dlt)
 
     def retry_tier(self, topic: str) -> int:
-        """0 for the main topic, n for ``<main>.retry.<n>``; ValueError otherwise."""
-        if topic == self.main:
+        """0 for a lane topic (main, critical, bulk), n for ``<main>.retry.<n>``; ValueError
+        otherwise."""
+        if self.lane_of(topic) is not None:
             return 0
         try:
             return self.retries.index(topic) + 1

@@ -13,10 +13,23 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 from streams.settings import Settings
 
 PG_URL = os.environ.get("RECON_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+# `make fuzz` (HYPOTHESIS_PROFILE=fuzz): many more examples for the fuzz tests, no deadline.
+# Tests that pin max_examples themselves keep their own count.
+hypothesis_settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("RECON_FUZZ_EXAMPLES", "3000")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    hypothesis_settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
 
 
 def _docker_answers() -> bool:

@@ -10,6 +10,10 @@ turns them into:
 
 Secrets stay ``SecretStr`` until the last moment and are only unwrapped into the client
 config dicts; nothing here logs.
+
+Every Kafka client the project creates is built from one of these two (a test enforces it),
+except the readiness probe of the embedded broker in ``streams/broker.py``, which only ever
+talks to that PLAINTEXT loopback broker.
 """
 
 from __future__ import annotations
@@ -47,19 +51,43 @@ def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return conf
 
 
+class TlsConfigError(ValueError):
+    """The TLS files named in the settings cannot be loaded (the message never holds a secret)."""
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """A verifying TLS client context for TLS protocols, else None."""
+    """A verifying TLS client context (certificate and hostname checked) for TLS protocols,
+    else None. Raises :class:`TlsConfigError` if a CA, certificate or key cannot be loaded."""
     if settings.security_protocol not in _TLS:
         return None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ssl_cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"cannot load ssl_cafile {settings.ssl_cafile}: {_why(exc)}") from None
     if settings.ssl_certfile:
+        # "" rather than None when no password is set: with None, OpenSSL would prompt on the
+        # terminal for an encrypted key (a worker would hang); with "" it fails clearly.
         password = (
             settings.ssl_keyfile_password.get_secret_value()
             if settings.ssl_keyfile_password is not None
-            else None
+            else ""
         )
-        context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile, password)
+        try:
+            context.load_cert_chain(settings.ssl_certfile, settings.ssl_keyfile, password)
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsConfigError(
+                f"cannot load ssl_certfile {settings.ssl_certfile} with ssl_keyfile "
+                f"{settings.ssl_keyfile} (wrong or missing RECON_SSL_KEYFILE_PASSWORD?): "
+                f"{_why(exc)}"
+            ) from None
     return context
+
+
+def _why(exc: BaseException) -> str:
+    # ssl.SSLError carries a library reason ("PEM lib", "KEY_VALUES_MISMATCH"); OSError a
+    # strerror. Neither includes the password we passed.
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None)
+    return f"{type(exc).__name__}: {reason or exc}"
 
 
 def faust_credentials(settings: Settings) -> Any:

@@ -14,6 +14,8 @@ from confluent_kafka.admin import AdminClient
 from streams.kafka.client_config import confluent_config
 from streams.settings import Settings
 
+ACTIVE_STATES = frozenset({"STABLE", "PREPARING_REBALANCE", "COMPLETING_REBALANCE"})
+
 
 @dataclass(frozen=True, slots=True)
 class GroupMember:
@@ -31,8 +33,21 @@ class GroupInfo:
 
     @property
     def live(self) -> bool:
-        """True while any consumer is a member (it may commit and overwrite a reset)."""
-        return bool(self.members)
+        """True while any consumer may be a member (it may commit and overwrite a reset).
+
+        Members, or else the state: the embedded broker lists no members even for a stable
+        group, so a group in an active state counts as live. (It also keeps a group whose
+        only member was killed STABLE until the next rebalance: there, an operator who
+        knows the workers are gone passes ``--force``.)
+        """
+        return bool(self.members) or self.state in ACTIVE_STATES
+
+    @property
+    def member_count(self) -> int | None:
+        """Members listed; None when the broker lists none for an active group (unknown)."""
+        if not self.members and self.state in ACTIVE_STATES:
+            return None
+        return len(self.members)
 
 
 def admin_client(settings: Settings) -> AdminClient:
@@ -62,7 +77,9 @@ def describe_group(settings: Settings, group: str, timeout_s: float = 10.0) -> G
     return GroupInfo(group=group, state=state, members=members)
 
 
-def group_offsets(settings: Settings, group: str, timeout_s: float = 10.0) -> dict[str, dict[int, int]]:
+def group_offsets(
+    settings: Settings, group: str, timeout_s: float = 10.0
+) -> dict[str, dict[int, int]]:
     """topic -> partition -> committed offset, for every partition the group committed."""
     admin = admin_client(settings)
     futures = admin.list_consumer_group_offsets(

@@ -1,0 +1,1 @@
+"""One module per contender; each runs as its own process (``python -m bench.contenders.X``)."""
