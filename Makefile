@@ -53,7 +53,12 @@ fuzz: $(STAMP)
 	@$(BIN)/python -c "import atheris" 2>/dev/null \
 		|| $(BIN)/python -m pip install --quiet --only-binary=:all: 'atheris>=2.3,<4' \
 		|| echo "note: no atheris wheel for this Python/platform; the atheris harness will be skipped"
-	$(BIN)/python -m tests.fuzz.atheris_harness -max_total_time=$(FUZZ_SECONDS)
+	@mkdir -p build
+	@echo "atheris harness for $(FUZZ_SECONDS)s (libFuzzer output in build/fuzz-atheris.log)"
+	@$(BIN)/python -m tests.fuzz.atheris_harness -max_total_time=$(FUZZ_SECONDS) \
+		> build/fuzz-atheris.log 2>&1; status=$$?; \
+		grep -E "^(note|Done|==[0-9]+== ERROR|INFO: Seed)|DONE|Traceback|Error" build/fuzz-atheris.log; \
+		exit $$status
 
 # Resource bounds under a flood of poison pills and valid events (not part of `make test`):
 # embedded broker + one worker + slow sim:// downstream, RSS sampled every second (~2 min).

@@ -67,7 +67,13 @@ class ScenarioSpec:
     entities: int = 2000
     # Worker settings for the run (RECON_* without the prefix), on top of the defaults.
     worker_env: Mapping[str, str] = field(
-        default_factory=lambda: {"GOVERNOR_LIMIT_MAX": "1000", "GOVERNOR_LIMIT_INITIAL": "500"}
+        default_factory=lambda: {
+            "GOVERNOR_LIMIT_MAX": "1000",
+            "GOVERNOR_LIMIT_INITIAL": "500",
+            # Faust's 1500 ms fetch wait makes the embedded broker deliver in ~0.75 s bursts
+            # (streams/kafka/fetch_wait.py); both runs use 100 ms.
+            "FETCH_MAX_WAIT_MS": "100",
+        }
     )
     seed: int = 7
 
@@ -366,7 +372,7 @@ def compute_figures(
         fig.detect_s = round(left[0]["t"] - step_at, 3)
     fig.changes_during_spike = sum(1 for t in fig.transitions if step_at <= t["t"] < step_down_at)
     fig.in_flight_peak = max(line["in_flight_peak"] for line in trace)
-    fig.in_flight_bound = max((line["limit"] or 0) for line in trace) if spec.governor else None
+    fig.in_flight_bound = int(spec.worker_env.get("GOVERNOR_LIMIT_MAX", "2000"))
 
     def e2e(start: float, end: float) -> list[float]:
         return [
@@ -519,11 +525,14 @@ def plot(runs: Sequence[ScenarioRun], path: Path) -> None:
         ax.legend(fontsize=7, loc="upper left")
         ax = axes[3][col]
         codes = {"normal": 0, "degraded": 1, "recovery": 2, "off": -1}
-        ax.step(ts, [codes[line["state"]] for line in trace], where="post", lw=1, label="state")
-        ax.step(ts, [line["level"] for line in trace], where="post", lw=0.8, ls="--", label="level")
+        ax.step(ts, [codes[line["state"]] for line in trace], where="post", lw=1.2)
         ax.set_yticks([-1, 0, 1, 2], ["off", "normal", "degraded", "recovery"])
-        ax.set_title("governor state")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title("governor state (dashed: lanes stopped, right axis)")
+        if run.spec.governor:
+            lanes = ax.twinx()
+            stopped = [3 - len(line["lanes"]) for line in trace]
+            lanes.step(ts, stopped, where="post", lw=0.8, ls="--", color="tab:orange")
+            lanes.set_yticks([0, 1, 2], ["none", "bulk", "bulk+normal"])
         ax = axes[4][col]
         ax.step(ts, [line["paused"] for line in trace], where="post", lw=1)
         ax.set_ylabel("partitions")

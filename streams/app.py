@@ -38,6 +38,7 @@ from streams.circuit import CircuitBreaker, CircuitPolicy
 from streams.failpoints import Failpoints
 from streams.kafka.client_config import faust_credentials
 from streams.kafka.fast_consumer import register_bulk_topic, use_fast_path
+from streams.kafka.fetch_wait import set_fetch_max_wait
 from streams.lanes import Lane
 from streams.retry_budget import RetryBudget, RetryBudgetPolicy
 from streams.retry_schedule import process_when_due
@@ -209,6 +210,7 @@ def create_app(settings: Settings) -> ReconApp:
         metrics.build_info.info({"version": _version(), "group": settings.group})
         await ops.start()
         await backpressure.start()
+        set_fetch_max_wait(app, settings.fetch_max_wait_ms)
         await app.maybe_start_producer()
         log.info("recon worker: group=%s topics=%s sink=%s", settings.group, topics.all, sink)
 

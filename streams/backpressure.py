@@ -61,6 +61,7 @@ class Backpressure:
         self.collector: SignalCollector | None = None
         self._topics = topics
         app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
 
     @property
     def take_max(self) -> int:
@@ -110,3 +111,7 @@ class Backpressure:
     def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         if self.collector is not None:
             self.collector.on_assigned()
+
+    def _on_rebalance_complete(self, sender: Any, **kwargs: Any) -> None:
+        if self.collector is not None:
+            self.collector.on_rebalance_complete()

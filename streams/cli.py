@@ -217,6 +217,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(settings, options)
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    from streams.top import DEFAULT_METRICS_URL, check_url, run_top
+
+    urls = args.metrics_url or [DEFAULT_METRICS_URL]
+    if not 0 < args.interval <= 3600:
+        raise UsageError(f"--interval {args.interval}: not between 0 and 3600 seconds")
+    try:
+        for url in urls:
+            check_url(url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run_top(urls, interval_s=args.interval, iterations=args.iterations)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -309,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_replay_arguments(p)
     _add_common(p)
+
+    p = add("top", cmd_top, "live view of running workers from their /metrics")
+    p.add_argument(
+        "--metrics-url",
+        action="append",
+        metavar="URL",
+        help="a worker's /metrics (repeatable; default http://127.0.0.1:9308/metrics)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    p.add_argument("--iterations", type=_positive_int, default=None, help="stop after N refreshes")
 
     p = add("demo", cmd_demo, "the main job on embedded defaults, with live progress")
     p.add_argument("--events", type=_positive_int, default=20_000)

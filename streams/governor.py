@@ -75,7 +75,7 @@ class GovernorPolicy:
     enter_calls: int = 2
     stall_s: float = 2.0
     severe_factor: float = 20.0
-    escalate_samples: int = 10
+    escalate_samples: int = 5
     recover_factor: float = 4.0
     recover_samples: int = 10
     resume_step_samples: int = 5
@@ -191,6 +191,7 @@ class TickStats:
     healthy: bool = False
     evidence: bool = False
     probing: bool = False
+    saturated: bool = False  # worker CPU >= cpu_max_percent: slow calls were not counted
 
 
 @dataclass(slots=True)
@@ -245,6 +246,7 @@ class Governor:
         self._runs = _Runs()
         self._state_since = now
         self._last_evidence = now
+        self._cpu = 0.0
         self._probe_left = policy.probe_samples  # measure the baseline first
         self._last_probe = now
         self._transitions: list[Transition] = []
@@ -262,11 +264,6 @@ class Governor:
         sample = _Sample(now, latency_s, records)
         self._samples.append(sample)
         self._fresh.append(sample)
-        if records <= self.policy.limit_min:
-            if self.state is GovernorState.NORMAL:
-                self._small.append(latency_s)
-            elif self.state is GovernorState.DEGRADED:
-                self._degraded_small.append(latency_s)
         if self.baseline is None and len(self._warm) < self.policy.warmup_samples:
             self._warm.append(latency_s)
 
@@ -292,27 +289,39 @@ class Governor:
         recent = bool(window) and self._samples[-1].at >= now - p.window_s
         p50 = quantile(window, 0.5) if window else None
         p95 = quantile(window, 0.95) if window else None
-        # The knee is about big calls: the median of the calls above limit_min records (the
-        # many small critical calls would hide what a bigger batch costs).
-        large = sorted(s.latency_s for s in self._samples if s.records > p.limit_min)
-        knee_p50 = quantile(large, 0.5) if large else p50
+        # The knee is about big calls: the median of this tick's calls above limit_min records
+        # (the many small critical calls would hide what a bigger batch costs; older calls were
+        # made at another limit).
+        large = sorted(s.latency_s for s in fresh if s.records > p.limit_min)
+        knee_p50 = quantile(large, 0.5) if large else None
         since = signals.pending_since
         pending = max(0.0, now - since) if since is not None else None
         # Entry evidence is per tick: the p95 of the calls that completed in this tick, or the
         # age of the call still running if larger (a lower bound of its latency).
         tick_latency: float | None = None
-        if fresh or pending is not None:
-            fresh_p95 = quantile(sorted(s.latency_s for s in fresh), 0.95) if fresh else 0.0
-            tick_latency = max(fresh_p95, pending or 0.0)
-            self._last_evidence = now
+        fresh_p95 = quantile(sorted(s.latency_s for s in fresh), 0.95) if fresh else None
+        if fresh_p95 is not None or pending is not None:
+            tick_latency = max(fresh_p95 or 0.0, pending or 0.0)
         self._update_baseline()
         base = self.baseline
         error_rate = self._error_rate(now)
         runs = self._runs
+        # A tick is a breach (slow calls completed, or the call in progress is already slow),
+        # calm (calls completed, none slow, nothing slow in progress) or neutral (no call
+        # completed and the one in progress, if any, is still young): neutral ticks neither
+        # extend nor break a run.
+        slow = p.latency_factor * base if base is not None else math.inf
+        calm = fresh_p95 is not None and tick_latency is not None and tick_latency <= slow
+        # While the worker itself is out of CPU (draining a backlog at full speed, say) its
+        # sink calls slow down with it: that says nothing about the downstream, so slow calls
+        # are neutral then (the knee rule still stops the limit from growing).
+        self._cpu = 0.5 * self._cpu + 0.5 * signals.cpu_percent
+        saturated = max(self._cpu, signals.cpu_percent) >= p.cpu_max_percent
         breach = ""
-        if base is not None and tick_latency is not None and tick_latency > p.latency_factor * base:
+        if tick_latency is not None and tick_latency > slow and saturated:
+            calm = False
+        elif tick_latency is not None and tick_latency > slow:
             breach = "latency"
-            slow = p.latency_factor * base
             runs.calls.update(round(s.at - s.latency_s, 4) for s in fresh if s.latency_s > slow)
             if since is not None and pending is not None and pending > slow:
                 runs.calls.add(round(since, 4))
@@ -323,6 +332,15 @@ class Governor:
             breach = "loop_lag"
         elif p.rss_max_mb > 0 and signals.rss_bytes > p.rss_max_mb * 1024 * 1024:
             breach = "memory"
+        if breach or calm:
+            self._last_evidence = now
+        # The baseline learns from small calls of calm NORMAL ticks only (never from a
+        # breach run that has not yet changed the state); DEGRADED keeps its own for rebaseline.
+        small = [s.latency_s for s in fresh if s.records <= p.limit_min]
+        if small and self.state is GovernorState.NORMAL and (calm or base is None):
+            self._small.extend(small)
+        elif small and self.state is GovernorState.DEGRADED:
+            self._degraded_small.extend(small)
         # Exit evidence is the whole window (>= window_s, >= window_min_samples calls): its
         # p95 -- and the call in progress -- must be under the lower recover threshold.
         settled = max(p95 if recent and p95 is not None else 0.0, pending or 0.0)
@@ -347,11 +365,15 @@ class Governor:
             return self._decision
 
         runs.since_decrease += 1
+        stale = now - self._last_evidence >= p.window_s
         if breach:
             runs.breach += 1
-        elif tick_latency is not None or now - self._last_evidence >= p.window_s:
+        elif calm or stale:
             runs.reset_breach()  # a calm tick, or evidence too old to chain with
-        runs.severe = runs.severe + 1 if severe else 0
+        if severe:
+            runs.severe += 1
+        elif calm or stale or (breach and breach != "latency"):
+            runs.severe = 0  # (the first ticks of each slow call are slow, not yet severe)
         if self.state is GovernorState.RECOVERY:
             runs.healthy = 0 if breach else runs.healthy + 1  # calm ticks move it on
         elif healthy:
@@ -370,6 +392,7 @@ class Governor:
             healthy,
             evidence,
             probing,
+            saturated,
         )
 
         if self.state is GovernorState.NORMAL:
@@ -390,7 +413,7 @@ class Governor:
         ``enter_calls`` distinct slow calls (one slow call -- a checkpoint, a GC pause -- is
         not a slow downstream) or one call stalled for ``stall_s``."""
         runs = self._runs
-        if runs.breach < self.policy.enter_samples:
+        if not breach or runs.breach < self.policy.enter_samples:
             return False
         if breach != "latency":
             return True

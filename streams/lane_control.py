@@ -248,9 +248,13 @@ class PartitionPauser:
     pause, and ``release`` resumes all of its own (governor switched off, worker stopping).
     """
 
-    def __init__(self, topics: LaneTopics) -> None:
+    SETTLE_TIMEOUT_S = 60.0  # if Faust never signals the end of a rebalance, act anyway
+
+    def __init__(self, topics: LaneTopics, clock: Callable[[], float] = time.monotonic) -> None:
         self._topics = topics
+        self._clock = clock
         self._paused: frozenset[Any] = frozenset()
+        self._settling_since: float | None = None
 
     @property
     def paused(self) -> frozenset[Any]:
@@ -264,6 +268,11 @@ class PartitionPauser:
         *,
         rebalancing: bool,
     ) -> PauseChange:
+        if self._settling_since is not None:
+            if self._clock() - self._settling_since < self.SETTLE_TIMEOUT_S:
+                rebalancing = True
+            else:
+                self._settling_since = None
         if rebalancing:
             return PauseChange(frozenset(), frozenset())
         assigned = frozenset(assignment)
@@ -283,8 +292,15 @@ class PartitionPauser:
 
     def forget(self) -> None:
         """A new assignment: Faust paused every assigned partition itself and resumes them all
-        once the rebalance is over; from then on ``apply`` pauses what is still warranted."""
+        once its recovery is over (:meth:`rebalance_complete`); until then ``apply`` does
+        nothing -- resuming one early would undo Faust's own pause -- and from then on it
+        pauses what is still warranted."""
         self._paused = frozenset()
+        self._settling_since = self._clock()
+
+    def rebalance_complete(self) -> None:
+        """Faust's ``on_rebalance_complete`` (sent right before it resumes every partition)."""
+        self._settling_since = None
 
     def release(self, consumer: PausableConsumer, assignment: Iterable[Any]) -> frozenset[Any]:
         resume = self._paused & frozenset(assignment)

@@ -35,3 +35,29 @@ def outcome_totals(urls: Iterable[str]) -> Counter[str]:
             if name == "recon_records_outcome_total":
                 totals[dict(labels)["outcome"]] += int(value)
     return totals
+
+
+def histogram_quantile(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, q: float
+) -> float | None:
+    """The ``q`` quantile of histogram ``name`` (all label sets summed), from its buckets.
+
+    Returns the upper bound of the bucket the quantile falls in (Prometheus-style estimates
+    interpolate; an upper bound is the honest answer for "at most how late").
+    """
+    buckets: dict[float, float] = {}
+    for (sample, labels), value in samples.items():
+        if sample != f"{name}_bucket":
+            continue
+        bound = float(dict(labels)["le"])
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total == 0:
+        return None
+    for bound in bounds:
+        if buckets[bound] >= q * total:
+            return bound
+    return bounds[-1]

@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     governor_stall_s: float = Field(2.0, ge=0.01, le=3600.0)
     # Stop the normal lane too: latency > severe_factor x baseline for escalate_samples ticks.
     governor_severe_factor: float = Field(20.0, ge=1.5, le=10_000.0)
-    governor_escalate_samples: int = Field(10, ge=1, le=10_000)
+    governor_escalate_samples: int = Field(5, ge=1, le=10_000)
     # Leave DEGRADED: window p95 <= recover_factor x baseline for recover_samples ticks.
     governor_recover_factor: float = Field(4.0, ge=1.0, le=1000.0)
     governor_recover_samples: int = Field(10, ge=1, le=10_000)
@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     governor_pacing_max_s: float = Field(1.0, ge=0.0, le=60.0)
     # A JSON-lines timeline of the governor, one line per tick (benchmarks and tests).
     governor_trace_path: str | None = None
+    # The worker consumer's fetch long-poll wait (streams/kafka/fetch_wait.py); None keeps
+    # Faust's hard-coded 1500 ms. The embedded broker answers fetches about every wait/2.
+    fetch_max_wait_ms: int | None = Field(None, ge=1, le=60_000)
 
     # Testing only: crash at a named point (streams/failpoints.py), e.g. "after_forward:3".
     failpoint: str | None = Field(None, pattern=r"^(after_apply|after_forward)(:[0-9]+)?$")

@@ -224,9 +224,12 @@ class SignalCollector:
 
     def on_assigned(self) -> None:
         """After a rebalance Faust resumes every assigned partition; our pauses are re-applied
-        on the next tick that is not inside a rebalance."""
+        on the first tick after its recovery completed (:meth:`on_rebalance_complete`)."""
         self.reassigned += 1
         self._pauser.forget()
+
+    def on_rebalance_complete(self) -> None:
+        self._pauser.rebalance_complete()
 
     # --- one tick ----------------------------------------------------------------------------
 
@@ -440,5 +443,6 @@ class SignalCollector:
                 run=stats.run,
                 run_calls=stats.run_calls,
                 probing=stats.probing,
+                saturated=stats.saturated,
             )
         return line

@@ -22,10 +22,12 @@ Correctness rules kept from the per-message path:
   worker stops: the chunk is replayed by whoever consumes the partition next.
 * **Flow control.** Before each chunk the loop checks that flow is active (Faust stops it when
   a rebalance starts), that the consumer generation is the one the records were fetched in,
-  and that the partition is still assigned and not paused; otherwise the rest of the fetch is
-  dropped unacked (Faust seeks back to the committed offsets when flow resumes, as its own
-  ``getmany`` does). ``wait_empty`` (called on rebalance and on stop) first waits for the chunk
-  in flight, so revocation and shutdown commit only what was applied.
+  and that the partition is not paused (``pause_partitions``); otherwise that partition's
+  remaining records are dropped unread and its fetch position is moved back to the first of
+  them, so they are fetched again on resume. (Not Faust's ``perform_seek``: aiokafka leaves a
+  partition without a committed offset where it is, which would skip them.) ``wait_empty``
+  (called on rebalance and on stop) first waits for the chunk in flight, so revocation and
+  shutdown commit only what was applied.
 * **Read offsets and gaps**: records older than the partition's read offset are skipped, and
   holes in the offsets (transaction markers, compaction) are registered as gaps, exactly as
   the per-message loop does, so commits can move past them.
@@ -62,7 +64,7 @@ _REQUIRED = (
     "_waiting_for_ack",
     "suspend_flow",
     "flow_active",
-    "perform_seek",
+    "seek",
 )
 
 
@@ -98,9 +100,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 if not records or self.should_stop:
                     continue
                 if not self.flow_active:
-                    # Same as Faust's getmany: flow stopped while fetching -- drop the fetch
-                    # and go back to the committed offsets.
-                    await self._seek_back()
+                    # Flow stopped (a rebalance) while fetching: drop the fetch unread.
+                    for tp, batch in records.items():
+                        await self._rewind(tp, batch[0].offset)
                     continue
                 await self._deliver(records, active)
         except self.consumer_stopped_errors:
@@ -113,11 +115,18 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 return
             raise
 
-    async def _seek_back(self) -> None:
+    async def _rewind(self, tp: Any, offset: int) -> None:
+        """Fetched records of ``tp`` from ``offset`` on are dropped unread: move the fetch
+        position back to ``offset`` so they are fetched again.
+
+        Not ``perform_seek``: aiokafka's ``seek_to_committed`` leaves a partition that has
+        no committed offset yet where it is, which would skip the dropped records.
+        """
+        log.info("fast path: %s paused or flow stopped; re-fetching from offset %d", tp, offset)
         try:
-            await self.perform_seek()
-        except Exception as exc:  # Faust logs and goes on here too
-            log.warning("seek to committed offsets failed while flow stopped: %r", exc)
+            await self.seek(tp, offset)
+        except Exception as exc:  # no longer assigned: its new owner starts from the commit
+            log.info("fast path: not rewinding %s (%r)", tp, exc)
 
     async def _deliver(self, records: Mapping[Any, list[Any]], active: set[Any] | None) -> None:
         generation = self.app.consumer_generation_id
@@ -131,10 +140,8 @@ class BulkConsumer(faust_aiokafka.Consumer):
             handler, batch_max = entry
             for start in range(0, len(batch), batch_max):
                 if not self._may_deliver(tp, active, generation):
-                    # Dropped unacked: go back to the committed offsets so nothing is skipped.
-                    log.info("fast path: flow stopped or %s inactive; dropping the fetch", tp)
-                    await self._seek_back()
-                    return
+                    await self._rewind(tp, batch[start].offset)  # the rest goes unread
+                    break
                 await self._apply_chunk(tp, batch[start : start + batch_max], handler)
         if others:
             await self._deliver_per_message(others, active, generation)
@@ -178,14 +185,13 @@ class BulkConsumer(faust_aiokafka.Consumer):
         monitor = self.app.monitor
         if monitor is not None:  # keeps Faust's "stream is idle" detector informed
             monitor.stream_inbound_time[tp] = time.monotonic()
-        generation = self.app.consumer_generation_id
         self._bulk_idle.clear()
         try:
             await handler(sources)  # returns once every record is settled (never on failure)
-            if self.app.consumer_generation_id != generation or tp not in self.assignment():
-                # A rebalance completed meanwhile: leave these offsets to the new owner
-                # (replayed, and idempotent apply makes that harmless).
-                log.info("fast path: %s rebalanced while applying; not acking %d", tp, len(offsets))
+            if tp not in self.assignment():
+                # Revoked meanwhile (wait_empty normally prevents that): its new owner
+                # replays from the committed offset, and idempotent apply makes that harmless.
+                log.info("fast path: %s revoked while applying; not acking it", tp)
                 return
             for begin, end in gaps:
                 await self._add_gap(tp, begin, end)
@@ -219,11 +225,14 @@ class BulkConsumer(faust_aiokafka.Consumer):
         to_message = self._to_message
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        dropped: set[Any] = set()
         for tp, record in self.scheduler.iterate(records):
+            if tp in dropped:
+                continue
             if not self._may_deliver(tp, active, generation):
-                log.info("fast path: flow stopped or %s inactive; dropping the fetch", tp)
-                await self._seek_back()
-                return
+                dropped.add(tp)
+                await self._rewind(tp, record.offset)
+                continue
             message = to_message(tp, record)
             offset = message.offset
             read_offset = self._read_offset[tp]
