@@ -76,6 +76,11 @@ def faust_app_options(settings: Settings) -> dict[str, Any]:
         "broker_commit_interval": settings.commit_interval_s,
         "broker_commit_every": settings.commit_every,
         "producer_acks": -1,
+        # Do not wait for streams to drain before a rebalance or a stop: a batch held by an
+        # open circuit (or the retry budget) would block either forever. Held work is
+        # abandoned instead, unacked (see settle_batch), and redelivered to whoever owns the
+        # partition next; idempotent apply makes the redelivery harmless.
+        "stream_wait_empty": False,
     }
 
 
@@ -111,6 +116,30 @@ class ReconApp(faust.App):
         await super().on_stop()
         if self.recon_on_stopped is not None:
             self.recon_on_stopped()
+
+
+async def settle_batch(
+    app: faust.App, events: Sequence[Any], work: Callable[[list[SourceRecord]], Awaitable[object]]
+) -> None:
+    """Run ``work`` on a batch from ``stream.take_events`` and ack its records only if it
+    completes.
+
+    ``take_events`` acks every event of a batch in a ``finally`` -- also when the agent body
+    is cancelled (a stop) or raises -- and Faust then commits those offsets: records that
+    were never settled would be lost. So the worker holds one more reference on each
+    message while it works: the stream's ack then only drops that count to one, and the
+    offset is committed only after this function's own ack, once ``work`` has returned.
+    """
+    messages = [event.message for event in events]
+    for message in messages:
+        message.incref()
+    try:
+        await work([source_record(event) for event in events])
+    except BaseException:
+        log.warning("batch of %d records abandoned unacked; it will be redelivered", len(events))
+        raise
+    for message in messages:
+        message.ack(app.consumer)
 
 
 def create_app(settings: Settings) -> ReconApp:
@@ -192,19 +221,19 @@ def create_app(settings: Settings) -> ReconApp:
     async def consume_main(stream: Any) -> None:
         take = backpressure.take_max
         async for events in stream.take_events(take, within=settings.batch_within_s):
-            await process_normal([source_record(e) for e in events])
+            await settle_batch(app, events, process_normal)
 
     for lane in (Lane.CRITICAL, Lane.BULK):  # priority lanes beside the main (normal) topic
         app.agent(
             app.topic(topics.lane_topic(lane), key_serializer="raw", value_serializer="raw"),
             name=f"recon-{lane.value}",
-        )(_lane_agent(settings, backpressure, lane))
+        )(_lane_agent(app, settings, backpressure, lane))
 
     for tier, name in enumerate(topics.retries, start=1):
         app.agent(
             app.topic(name, key_serializer="raw", value_serializer="raw"),
             name=f"recon-retry-{tier}",
-        )(_retry_agent(settings, backpressure.process_retry, tier))
+        )(_retry_agent(app, settings, backpressure.process_retry, tier))
 
     async def on_started() -> None:
         metrics.build_info.info({"version": _version(), "group": settings.group})
@@ -226,29 +255,38 @@ def create_app(settings: Settings) -> ReconApp:
 
 
 def _lane_agent(
-    settings: Settings, backpressure: Backpressure, lane: Lane
+    app: faust.App, settings: Settings, backpressure: Backpressure, lane: Lane
 ) -> Callable[[Any], Awaitable[None]]:
+    async def process(records: Sequence[SourceRecord]) -> None:
+        await backpressure.process(lane, records)
+
     async def consume_lane(stream: Any) -> None:
         take = backpressure.take_max
         async for events in stream.take_events(take, within=settings.batch_within_s):
-            await backpressure.process(lane, [source_record(e) for e in events])
+            await settle_batch(app, events, process)
 
     return consume_lane
 
 
 def _retry_agent(
-    settings: Settings, process: Callable[[Sequence[SourceRecord]], Awaitable[None]], tier: int
+    app: faust.App,
+    settings: Settings,
+    process: Callable[[Sequence[SourceRecord]], Awaitable[None]],
+    tier: int,
 ) -> Callable[[Any], Awaitable[None]]:
     lateness = retry_lateness_seconds.labels(str(tier))
 
+    async def when_due(records: Sequence[SourceRecord]) -> None:
+        await process_when_due(
+            records,
+            process,
+            clock_ms=lambda: int(time.time() * 1000),
+            on_lateness=lateness.observe,
+        )
+
     async def consume_retry(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
-            await process_when_due(
-                [source_record(e) for e in events],
-                process,
-                clock_ms=lambda: int(time.time() * 1000),
-                on_lateness=lateness.observe,
-            )
+            await settle_batch(app, events, when_due)
 
     return consume_retry
 
