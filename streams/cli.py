@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,9 +75,14 @@ def _setup_logging(level: str) -> None:
 def cmd_broker(args: argparse.Namespace) -> int:
     from streams.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port, host=args.host).start()
-    print(f"embedded broker ready on {broker.bootstrap_servers} (memory only; Ctrl-C stops)")
+    def stop_on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds to the finally below, which stops the child
+
+    broker = EmbeddedBroker(port=args.port, host=args.host)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     try:
+        broker.start()
+        print(f"embedded broker ready on {broker.bootstrap_servers} (memory only; Ctrl-C stops)")
         return broker.wait()
     except KeyboardInterrupt:
         return 0
