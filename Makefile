@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format install clean bench fuzz soak
+.PHONY: demo test lint format install clean bench fuzz soak bench-backpressure
 
 # `make bench` runs in its own venv: Quix Streams (a contender) pins an older confluent-kafka.
 BENCH_VENV ?= .venv-bench
@@ -65,6 +65,12 @@ fuzz: $(STAMP)
 SOAK_ARGS ?=
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
+# The downstream latency spike, adaptive backpressure on and off (~3 min): prints the figures
+# and draws bench/backpressure.png (docs/backpressure.md). Not part of `make test`.
+BACKPRESSURE_ARGS ?=
+bench-backpressure: $(STAMP)
+	$(BIN)/python -m bench.backpressure $(BACKPRESSURE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache recon.db

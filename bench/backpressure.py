@@ -98,7 +98,8 @@ class Figures:
     paused_partitions_max: int = 0
     paused_at_end: int = 0
     final_state: str = ""
-    produced: dict[str, int] = field(default_factory=dict)
+    produced: dict[str, int] = field(default_factory=dict)  # delivered to the broker
+    produce_failed: int = 0
     processed: dict[str, int] = field(default_factory=dict)
     drained_s: float | None = None
 
@@ -361,7 +362,11 @@ def compute_figures(
     loads: Sequence[LaneLoad],
     produced: Mapping[str, int],
 ) -> Figures:
-    fig = Figures(governor=spec.governor, produced=dict(produced))
+    fig = Figures(
+        governor=spec.governor,
+        produced=dict(produced),
+        produce_failed=sum(load.failed for load in loads),
+    )
     if not trace:
         return fig
     for line in trace:
@@ -545,6 +550,111 @@ def plot(runs: Sequence[ScenarioRun], path: Path) -> None:
     plt.close(fig)
 
 
+# --- the knee (why AIMD on the median big call, measured) ------------------------------------
+
+
+@dataclass
+class KneePoint:
+    records: int
+    p50_ms: float
+    records_per_s: float
+
+
+def measure_knee(
+    workdir: Path,
+    latency_ms: float = 5.0,
+    sizes: Sequence[int] = (10, 25, 50, 100, 200, 400, 800, 1600, 3200),
+    calls: int = 15,
+) -> list[KneePoint]:
+    """Apply batches of each size through the real Reconciler into the simulated downstream
+    (SQLite underneath, ``latency_ms`` per load and per write): latency per call and
+    records/s. New entities every call, so every record is a row write."""
+    from processors.reconciler import Reconciler
+    from processors.sinks.sim import SimulatedSink
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    sink = SimulatedSink(
+        workdir / f"knee-{uuid.uuid4().hex[:6]}.db", SimConditions(latency_ms=latency_ms)
+    )
+    reconciler = Reconciler(sink)
+    points = []
+    serial = 0
+    try:
+        for size in sizes:
+            latencies = []
+            for _ in range(calls):
+                batch = []
+                for _ in range(size):
+                    serial += 1
+                    batch.append(
+                        ReconEvent(
+                            event_id=f"k-{serial}",
+                            entity_id=f"k-{serial}",
+                            version=1,
+                            op=Op.UPSERT,
+                            fields={"balance": float(serial), "status": "open"},
+                            priority=Priority.BULK,
+                            occurred_at_ms=0,
+                            source="knee",
+                        )
+                    )
+                started = time.perf_counter()
+                reconciler.reconcile(batch)
+                latencies.append(time.perf_counter() - started)
+            p50 = sorted(latencies)[len(latencies) // 2]
+            points.append(KneePoint(size, round(p50 * 1000, 2), round(size / p50)))
+    finally:
+        sink.close()
+    return points
+
+
+def governor_on_curve(points: Sequence[KneePoint], seconds: float = 300.0) -> list[int]:
+    """Where the governor's limit settles on the measured latency curve (interpolated), with
+    a backlog: the limits over the last third of ``seconds``."""
+    from streams.governor import Governor, GovernorPolicy, TickSignals
+
+    xs = [p.records for p in points]
+    ys = [p.p50_ms / 1000 for p in points]
+
+    def latency(n: int) -> float:
+        """Linear interpolation (and extrapolation past the last point)."""
+        if n <= xs[0]:
+            return ys[0]
+        i = next((i for i in range(1, len(xs)) if n <= xs[i]), len(xs) - 1)
+        return ys[i - 1] + (ys[i] - ys[i - 1]) * (n - xs[i - 1]) / (xs[i] - xs[i - 1])
+
+    policy = GovernorPolicy(limit_initial=100, limit_max=xs[-1], batch_max=xs[-1])
+    gov = Governor(policy, 0.0)
+    t, free_at, limits = 0.0, 0.0, []
+    ticks = int(seconds / policy.tick_s)
+    for i in range(ticks):
+        end = t + policy.tick_s
+        n = gov.decision.chunk(Lane.NORMAL)
+        while free_at + latency(n) <= end:  # back-to-back calls (a backlog)
+            free_at += latency(n)
+            gov.observe_apply(latency(n), n, False, free_at)
+        free_at = max(free_at, end - latency(n) / 2)
+        t = end
+        decision = gov.tick(t, TickSignals(in_flight_peak=n, consumer_lag=10**6, cpu_percent=20))
+        if i >= ticks * 2 // 3:
+            limits.append(decision.limit)
+    return limits
+
+
+def knee_report(points: Sequence[KneePoint], limits: Sequence[int]) -> str:
+    base = points[0].p50_ms
+    lines = ["records/call  p50 ms  records/s  latency/smallest"]
+    for p in points:
+        lines.append(
+            f"{p.records:12d}  {p.p50_ms:6.1f}  {p.records_per_s:9d}  {p.p50_ms / base:6.2f}x"
+        )
+    lines.append(
+        f"governor on this curve (backlog, 300 s simulated): limit {min(limits)}..{max(limits)}, "
+        f"median {sorted(limits)[len(limits) // 2]}"
+    )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap-servers", help="use this broker instead of an embedded one")
@@ -553,8 +663,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", default=str(HERE / "backpressure.json"))
     parser.add_argument("--spike-s", type=float, default=20.0)
     parser.add_argument("--only", choices=("on", "off"), default=None)
+    parser.add_argument("--knee", action="store_true", help="only the batch-size sweep")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(f"/tmp/recon-bench-bp-{os.getpid()}")
+    points = measure_knee(workdir)
+    knee = knee_report(points, governor_on_curve(points))
+    print("batch size sweep, simulated downstream at 5 ms per load/write:")
+    print(knee, flush=True)
+    if args.knee:
+        return 0
     modes = [m for m in (True, False) if args.only is None or (args.only == "on") == m]
     runs: list[ScenarioRun] = []
     with contextlib.ExitStack() as stack:
@@ -570,6 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(run_scenario(servers, workdir, spec))
     print()
     print(report(runs))
+    print()
+    print(knee)
     Path(args.json).write_text(
         json.dumps(
             [{"spec": {**asdict(r.spec)}, "figures": asdict(r.figures)} for r in runs],

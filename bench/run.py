@@ -61,9 +61,15 @@ PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 SOURCE = "bench-upstream-ledger-" + "0" * 24
 SETTLED = ("applied", "duplicate", "stale", "dead_lettered", "retried")
 MB = 1024 * 1024
-# How often the bench scrapes a worker's /metrics while timing it (each scrape costs the
-# worker a little CPU; 0.2 s keeps that well under 1% and the timing error under 0.4 s).
-POLL_S = 0.2
+# How often the bench scrapes a worker's /metrics while timing it. A scrape costs the worker
+# ~5-10 ms of CPU, so: often before the first record and near the end (timing error <= 2 x
+# POLL_FINE_S), rarely in between (under 2% of the worker's CPU).
+POLL_S = 0.5
+POLL_FINE_S = 0.05
+
+
+def poll_interval(settled: float, expected: int, started: bool) -> float:
+    return POLL_FINE_S if not started or settled >= 0.9 * expected else POLL_S
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -367,7 +373,7 @@ def run_worker(run: Run, name: str, sink_url: str, workdir: Path, env: Mapping[s
                     last = now
                     cpu_last = cpu_time(worker.proc.pid)
                     break
-                time.sleep(POLL_S)
+                time.sleep(poll_interval(settled, expected, bool(first)))
             sampler.sample()
             if profile is not None:
                 stop_profile(run, profile, name)
@@ -514,7 +520,7 @@ def run_raw_latency(run: Run, rate: float, workdir: Path) -> Latency:
         return samples[min(len(samples) - 1, int(q * len(samples)))] / 1000
 
     return Latency(
-        "(a) raw confluent-kafka loop (floor: producer + broker + client)",
+        "(a) raw confluent-kafka loop (floor: producer + broker + client; fetch.wait.max.ms=500)",
         rate=achieved,
         samples=len(samples),
         p50_s=exact(0.50),
@@ -717,6 +723,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="0 skips latency")
     parser.add_argument("--timeout", type=float, default=900.0, help="per contender, seconds")
     parser.add_argument("--postgres-url", default=PG_URL)
+    parser.add_argument(
+        "--no-diagnostics", action="store_true", help="skip the governor-off diagnostic rows"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the memory-sink workers")
     parser.add_argument("--profile-dir", default=str(ROOT / "bench" / "profiles"))
     parser.add_argument("--out", type=Path, default=RESULTS, help="results file ('-': none)")
@@ -809,8 +818,15 @@ def run_all(run: Run, only: set[str], fast: bool, workdir: Path) -> None:
             print(f"  PostgreSQL not reachable, skipped: {problem}", flush=True)
         else:
             sinks.append(("postgresql", f"{run.args.postgres_url}?table=bench_{{n}}"))
+    # Diagnostic rows (memory sink, no latency run): the same workers with the backpressure
+    # governor off, to show what its adaptive chunking costs at full speed.
+    diagnostic: list[tuple[str, dict[str, str]]] = []
+    if "governor_enabled" in Settings.model_fields and not run.args.no_diagnostics:
+        off = {"RECON_GOVERNOR_ENABLED": "false"}
+        diagnostic = [(f"{suffix}, governor off", {**env, **off}) for suffix, env in modes]
     for n, (sink, template) in enumerate(sinks):
-        for m, (suffix, env) in enumerate(modes):
+        sink_modes = [*modes, *(diagnostic if sink == "memory" else [])]
+        for m, (suffix, env) in enumerate(sink_modes):
             tag = f"{uuid.uuid4().hex[:6]}_{n}{m}"
             url = template.format(n=tag)
             name = f"(d) recon worker, {sink}{suffix}"
@@ -825,7 +841,12 @@ def run_all(run: Run, only: set[str], fast: bool, workdir: Path) -> None:
                 if sink == "postgresql":
                     drop_table(run.args.postgres_url, f"bench_{tag}")
             run.add(row)
-            if sink == "memory" and row.ok and run.args.latency_seconds > 0:
+            if (
+                sink == "memory"
+                and row.ok
+                and run.args.latency_seconds > 0
+                and (suffix, env) not in diagnostic
+            ):
                 if "raw" in only:
                     floor = run_raw_latency(run, row.rate / 2, workdir)
                     run.latencies.append(floor)
@@ -834,15 +855,24 @@ def run_all(run: Run, only: set[str], fast: bool, workdir: Path) -> None:
                         f"p99 {floor.p99_s * 1000:.1f} ms",
                         flush=True,
                     )
-                lat = run_latency(
-                    run, f"recon worker, memory{suffix}", url, row.rate / 2, workdir, env
-                )
-                run.latencies.append(lat)
-                print(
-                    f"  latency at {lat.rate:,.0f}/s: p50 {lat.p50_s * 1000:.1f} ms, "
-                    f"p99 {lat.p99_s * 1000:.1f} ms ({lat.samples:,} samples)",
-                    flush=True,
-                )
+                variants = [(f"recon worker, memory{suffix}", env)]
+                if "fetch_max_wait_ms" in Settings.model_fields:
+                    # The same worker with the consumer's fetch long-poll shortened: on the
+                    # embedded broker the wait, not the pipeline, sets the latency floor.
+                    variants.append(
+                        (
+                            f"recon worker, memory{suffix}, RECON_FETCH_MAX_WAIT_MS=100",
+                            {**env, "RECON_FETCH_MAX_WAIT_MS": "100"},
+                        )
+                    )
+                for lat_name, lat_env in variants:
+                    lat = run_latency(run, lat_name, url, row.rate / 2, workdir, lat_env)
+                    run.latencies.append(lat)
+                    print(
+                        f"  {lat_name} at {lat.rate:,.0f}/s: p50 {lat.p50_s * 1000:.1f} ms, "
+                        f"p99 {lat.p99_s * 1000:.1f} ms ({lat.samples:,} samples)",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -1,42 +1,52 @@
 """The adaptive backpressure governor: a pure policy, no I/O, no clock of its own.
 
 Feed it samples -- every downstream apply call (latency, records, failed or not) and, once per
-tick, the worker's gauges (in-flight records, consumer lag, event-loop lag, CPU, RSS, the age
+tick, the worker's gauges (in-flight records, consumer lag, event-loop lag, CPU, RSS, the start
 of the apply call in progress) -- and each ``tick`` returns the :class:`Decision` in force: the
 in-flight limit, the batch size, which lanes run, the critical reserve and the pacing delay.
 ``streams/signals.py`` does the feeding in a worker; the tests feed synthetic signals.
+docs/backpressure.md has the design, the measurements behind it and every setting.
 
-States (every transition has hysteresis; see docs/backpressure.md):
+States, with hysteresis on every transition:
 
-* NORMAL -> DEGRADED when ``enter_samples`` consecutive ticks breach: the latency estimate
-  (p95 of the recent window, or the age of the call in progress if larger -- a lower bound
-  of its latency) is above ``latency_factor`` x baseline, or the transient failure rate is
-  above ``error_rate_max``, or the event loop lags more than ``loop_lag_max_s``, or the RSS is
-  above ``rss_max_mb``. Entering stops the bulk lane and cuts the limit (x ``degrade_backoff``).
-  If the latency stays above ``severe_factor`` x baseline for ``escalate_samples`` more ticks,
-  the normal lane stops too. Critical always runs, with ``critical_reserve`` permits of its own.
-* DEGRADED -> RECOVERY after ``recover_samples`` consecutive healthy ticks (p95 below
-  ``recover_factor`` x baseline -- lower than the entry threshold -- from completed calls, and
-  no other breach); also after ``idle_recover_s`` without any evidence (nothing completed or
-  in progress: resuming is how we find out), or after ``rebaseline_s`` of a new steady level
-  (the downstream got slower for good: that becomes the baseline).
-* RECOVERY resumes the normal lane at once, the bulk lane after ``resume_step_samples``
-  healthy ticks, and returns to NORMAL after ``settle_samples`` more; a breach run of
-  ``enter_samples`` sends it back to DEGRADED.
+* NORMAL -> DEGRADED after ``enter_samples`` breach ticks in a row. A tick breaches when its
+  latency -- the p95 of the calls completed in the tick, or the age of the call in progress if
+  larger (a lower bound of its latency) -- is above ``latency_factor`` x baseline, or the
+  failure rate is above ``error_rate_max``, the event loop lags more than ``loop_lag_max_s`` or
+  the RSS is above ``rss_max_mb``. A latency breach run must also span ``enter_calls``
+  distinct slow calls (one slow call -- a checkpoint, a GC pause -- is not a slow downstream)
+  unless one call has been running for ``stall_s``. Ticks without evidence (no call completed,
+  the one running still young) neither extend nor break a run. While the worker's own CPU is
+  saturated (>= ``cpu_max_percent``) slow calls are not blamed on the downstream: draining a
+  backlog at full speed slows the sink thread down with it (measured: 5 ms calls taking up to
+  175 ms). Entering stops the bulk lane, cuts the limit (x ``degrade_backoff``) and paces the
+  non-critical lanes; ``escalate_samples`` ticks above ``severe_factor`` x baseline stop the
+  normal lane too. Critical always runs, with ``critical_reserve`` permits of its own.
+* DEGRADED -> RECOVERY after ``recover_samples`` healthy ticks in a row: the p95 over the
+  window (``window_s``, at least ``window_min_samples`` calls) and the call in progress under
+  ``recover_factor`` x baseline -- a lower threshold than the entry one -- and no other breach.
+  Also after ``idle_recover_s`` without any evidence (nothing completes or runs: resuming is
+  how it finds out), or after ``rebaseline_s`` in DEGRADED (the downstream got slower for good:
+  its small calls' median becomes the baseline).
+* RECOVERY resumes the normal lane at once and the bulk lane after ``resume_step_samples``
+  calm ticks, and returns to NORMAL after ``settle_samples`` more; a sustained breach sends it
+  back to DEGRADED -- for latency, above ``severe_factor`` x baseline only: recovery drains the
+  backlog the spike left, and that load alone slows the sink thread (probation). Nothing can
+  stay stopped: without a breach every path leads to NORMAL.
 
 The limit (AIMD around the knee): in NORMAL and RECOVERY it grows by ``increase_step`` per
-tick while the median latency stays within ``knee_factor`` x baseline *and* there is work for
-it (consumer lag >= ``backlog_records`` and the in-flight peak reached ``saturation`` of what
-the non-critical lanes may hold) *and* CPU and event loop have room; it shrinks by
-``knee_backoff`` (at most once per ``decrease_interval_samples`` ticks) when the median passes
-``knee_factor`` x baseline, i.e. when a bigger batch no longer buys throughput, only latency.
-With ``latency = a + b x batch`` that stops where ``b x batch ~ a`` (Kleinrock's optimal
-operating point for ``knee_factor = 2``).
+tick while the median of the tick's big calls stays within ``knee_factor`` x baseline *and*
+there is work for it (consumer lag >= ``backlog_records`` and the in-flight peak reached
+``saturation`` of what the non-critical lanes may hold) *and* CPU and event loop have room;
+it shrinks by ``knee_backoff`` (at most once per ``decrease_interval_samples`` ticks) when that
+median passes ``knee_factor`` x baseline -- when a bigger batch no longer buys throughput, only
+latency. With ``latency = a + b x batch`` that stops where ``b x batch ~ a``, Kleinrock's
+optimal operating point for ``knee_factor = 2``.
 
-The baseline is the median latency of *small* calls (at most ``limit_min`` records) seen in
-NORMAL -- not of all calls, or the limit's own growth would raise the baseline and the limit
-would drift up without end. Every ``probe_interval_s`` the batch size drops to ``limit_min``
-for ``probe_samples`` ticks so that small calls exist even under a steady backlog.
+The baseline is the median latency of *small* calls (at most ``limit_min`` records) seen on
+calm NORMAL ticks -- not of all calls, or the limit's own growth would raise the baseline and
+the limit would drift up without end. Every ``probe_interval_s`` the batch size drops to
+``limit_min`` for ``probe_samples`` ticks so that small calls exist even under a backlog.
 """
 
 from __future__ import annotations
@@ -293,6 +303,8 @@ class Governor:
         # (the many small critical calls would hide what a bigger batch costs; older calls were
         # made at another limit).
         large = sorted(s.latency_s for s in fresh if s.records > p.limit_min)
+        if not large:  # at a small limit every call is small: judge by them
+            large = sorted(s.latency_s for s in fresh)
         knee_p50 = quantile(large, 0.5) if large else None
         since = signals.pending_since
         pending = max(0.0, now - since) if since is not None else None
@@ -311,6 +323,11 @@ class Governor:
         # completed and the one in progress, if any, is still young): neutral ticks neither
         # extend nor break a run.
         slow = p.latency_factor * base if base is not None else math.inf
+        if self.state is GovernorState.RECOVERY and base is not None:
+            # Probation: recovery drains the backlog the spike left, and that load slows the
+            # sink thread itself (measured: 100-300 ms calls at 5 ms downstream latency on a
+            # busy host); only a severe slowdown -- the spike coming back -- counts here.
+            slow = p.severe_factor * base
         calm = fresh_p95 is not None and tick_latency is not None and tick_latency <= slow
         # While the worker itself is out of CPU (draining a backlog at full speed, say) its
         # sink calls slow down with it: that says nothing about the downstream, so slow calls

@@ -13,7 +13,21 @@ which names its lane.
 * :class:`PartitionPauser` -- stops fetching a stopped lane's partitions through Faust's
   ``consumer.pause_partitions`` / ``resume_partitions`` and re-applies that every tick, because
   Faust resumes every assigned partition after a rebalance (and its buffer flow control can
-  re-activate one); it only ever resumes partitions it paused itself.
+  re-activate one); it only ever resumes partitions it paused itself, and rewinds each one
+  before resuming it (below).
+
+What a Faust pause really does (faust-streaming 0.15.3, aiokafka transport; measured and read):
+``pause_partitions`` removes the partitions from the consumer's *active* set. aiokafka stops
+returning (and, with a record batch buffered, fetching) them -- but ``Consumer.getmany``
+filters the records of a fetch that already returned against that same live set, so records
+of a partition paused while they were being handed out are silently dropped; and when the
+partition resumes, the drain loop reads the jump in offsets as a compaction/transaction gap
+(``_add_gap``) and commits past records that were never processed. So resuming without a
+rewind can lose records. The pauser therefore seeks each partition it resumes back to the
+offset after the last record Faust delivered (``rewind``): the dropped records are fetched
+again, nothing is skipped, at worst a record is delivered twice (idempotent apply).
+Records already delivered into a stream's buffer before the pause are not affected: the lane's
+agent still holds them (its gate keeps them waiting while the lane is stopped).
 """
 
 from __future__ import annotations
@@ -260,14 +274,17 @@ class PartitionPauser:
     def paused(self) -> frozenset[Any]:
         return self._paused
 
-    def apply(
+    async def apply(
         self,
         consumer: PausableConsumer,
         running: Collection[Lane],
         assignment: Iterable[Any],
         *,
         rebalancing: bool,
+        rewind: Callable[[Any], Awaitable[None]] | None = None,
     ) -> PauseChange:
+        """Pause the assigned partitions of stopped lanes; rewind (``rewind(tp)``: seek it to
+        the first record not delivered) and resume the ones we paused that may run again."""
         if self._settling_since is not None:
             if self._clock() - self._settling_since < self.SETTLE_TIMEOUT_S:
                 rebalancing = True
@@ -285,6 +302,9 @@ class PartitionPauser:
         if desired:
             consumer.pause_partitions(desired)
         if resume:
+            if rewind is not None:
+                for tp in sorted(resume):
+                    await rewind(tp)
             consumer.resume_partitions(resume)
         change = PauseChange(desired - self._paused, self._paused - desired)
         self._paused = desired
@@ -302,9 +322,18 @@ class PartitionPauser:
         """Faust's ``on_rebalance_complete`` (sent right before it resumes every partition)."""
         self._settling_since = None
 
-    def release(self, consumer: PausableConsumer, assignment: Iterable[Any]) -> frozenset[Any]:
+    async def release(
+        self,
+        consumer: PausableConsumer,
+        assignment: Iterable[Any],
+        rewind: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> frozenset[Any]:
+        """Resume (rewound) every partition we paused."""
         resume = self._paused & frozenset(assignment)
         if resume:
+            if rewind is not None:
+                for tp in sorted(resume):
+                    await rewind(tp)
             consumer.resume_partitions(resume)
         self._paused = frozenset()
         return resume

@@ -103,17 +103,28 @@ class ApplyTimer:
 
 
 class ReceivedSensor(Sensor):
-    """Counts records Faust hands to the streams, per lane topic (what was really fetched)."""
+    """Records Faust hands to the streams, per lane topic: how many (what was really fetched
+    and delivered), and the next offset after the last one delivered per partition (where a
+    paused partition is rewound to before it resumes; reset at each assignment)."""
 
     def __init__(self, topics: TopicNames, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._lane_of = topics.lane_of
         self.received: Counter[Lane] = Counter()
+        self.redelivered: Counter[Lane] = Counter()  # offsets delivered again (after a seek)
+        self.next_offset: dict[tuple[str, int], int] = {}
 
     def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
         lane = self._lane_of(tp.topic)
         if lane is not None:
             self.received[lane] += 1
+            key = (tp.topic, tp.partition)
+            if offset < self.next_offset.get(key, -1):
+                self.redelivered[lane] += 1
+            self.next_offset[key] = offset + 1
+
+    def reset_offsets(self) -> None:
+        self.next_offset.clear()
 
 
 class LaneStats:
@@ -197,6 +208,8 @@ class SignalCollector:
         self._process.cpu_percent(None)
         self._stopped = False
         self.reassigned = 0
+        self.rewinds = 0
+        self._seek_marks: dict[tuple[str, int], int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -213,7 +226,7 @@ class SignalCollector:
             if next_at < now:  # we missed ticks: do not burst to catch up
                 next_at = now + self._tick_s
             try:
-                self.tick(now, loop_lag)
+                await self.tick(now, loop_lag)
             except Exception:  # a bug here must not take the worker down
                 log.exception("governor tick failed")
 
@@ -227,13 +240,15 @@ class SignalCollector:
         on the first tick after its recovery completed (:meth:`on_rebalance_complete`)."""
         self.reassigned += 1
         self._pauser.forget()
+        self._sensor.reset_offsets()
+        self._seek_marks.clear()
 
     def on_rebalance_complete(self) -> None:
         self._pauser.rebalance_complete()
 
     # --- one tick ----------------------------------------------------------------------------
 
-    def tick(self, now: float, loop_lag_s: float) -> dict[str, Any]:
+    async def tick(self, now: float, loop_lag_s: float) -> dict[str, Any]:
         governor = self.governor
         samples = self._timer.drain()
         for sample in samples:
@@ -267,7 +282,7 @@ class SignalCollector:
             transitions = governor.drain_transitions()
             notes = governor.drain_notes()
             self._limiter.update(decision, draining=rebalancing)
-            self._apply_pauses(decision, assignment, rebalancing)
+            await self._apply_pauses(decision, assignment, rebalancing)
         for transition in transitions:
             log.warning(
                 "governor %s -> %s (%s): %s",
@@ -283,6 +298,13 @@ class SignalCollector:
             log.warning("governor: %s", note)
         self._export(decision, lag, peak, loop_lag_s, cpu, rss)
         line = self._line(decision, lag, in_flight, peak, pending, loop_lag_s, cpu, rss)
+        assigned: Counter[str] = Counter()
+        for tp in assignment:
+            lane = self._topics.lane_of(tp.topic)
+            if lane is not None:
+                assigned[lane.value] += 1
+        line["assigned"] = dict(assigned)
+        line["rebalancing"] = rebalancing
         if samples:
             latencies = sorted(s.latency_s for s in samples)
             line["apply"] = {
@@ -302,11 +324,15 @@ class SignalCollector:
             self._trace.write(line)
         return line
 
-    def _apply_pauses(self, decision: Decision, assignment: frozenset[Any], rebal: bool) -> None:
+    async def _apply_pauses(
+        self, decision: Decision, assignment: frozenset[Any], rebal: bool
+    ) -> None:
         consumer = self._consumer()
         if consumer is None:
             return
-        change = self._pauser.apply(consumer, decision.lanes, assignment, rebalancing=rebal)
+        change = await self._pauser.apply(
+            consumer, decision.lanes, assignment, rebalancing=rebal, rewind=self._rewind
+        )
         if change.paused:
             log.warning(
                 "paused %d partitions of stopped lanes: %s",
@@ -319,6 +345,41 @@ class SignalCollector:
                 len(change.resumed),
                 sorted(f"{tp.topic}[{tp.partition}]" for tp in change.resumed),
             )
+
+    async def _rewind(self, tp: Any) -> None:
+        """Seek ``tp`` to the first record the consumer has not delivered to the streams,
+        before resuming it (streams/lane_control.py: records a pause drops would otherwise be
+        skipped and committed).
+
+        Faust's ``_read_offset[tp]`` (private; read defensively) is the last offset it
+        delivered -- or, right after a seek, the next one it expects: a seek of ours, or its
+        seek to the committed offset at assignment. So: one past it if a stream took that
+        record (our sensor saw it) or if it is neither a seek target of ours nor the committed
+        offset; else the offset itself. Never beyond: a record re-delivered is a duplicate
+        (idempotent apply; only when the last delivered record is still queued *and* sits at
+        such a position), a record skipped would be committed unprocessed.
+        """
+        consumer = self._consumer()
+        key = (tp.topic, tp.partition)
+        read_offsets = getattr(consumer, "_read_offset", None)
+        read = read_offsets.get(tp) if isinstance(read_offsets, dict) else None
+        committed_offsets = getattr(consumer, "_committed_offset", None)
+        committed = committed_offsets.get(tp) if isinstance(committed_offsets, dict) else None
+        target: int | None = None
+        if isinstance(read, int):
+            pulled = self._sensor.next_offset.get(key)
+            taken = pulled is not None and pulled - 1 >= read
+            seek_target = read == self._seek_marks.get(key) or read == committed
+            target = read + 1 if taken or not seek_target else read
+        elif isinstance(committed, int):
+            target = committed
+        if consumer is None or target is None:
+            log.warning("resuming %s[%d] without a rewind: no position known", *tp)
+            return
+        log.info("rewinding %s[%d] to %d before resuming it", tp.topic, tp.partition, target)
+        await consumer.seek(tp, target)
+        self._seek_marks[key] = target
+        self.rewinds += 1
 
     # --- reading the worker ------------------------------------------------------------------
 
@@ -424,6 +485,7 @@ class SignalCollector:
             "lag": {lane.value: n for lane, n in lag.items()},
             "processed": {lane.value: self._lanes.counters.processed[lane] for lane in LANES},
             "received": {lane.value: self._sensor.received[lane] for lane in LANES},
+            "redelivered": {lane.value: self._sensor.redelivered[lane] for lane in LANES},
             "paused": len(self._pauser.paused),
             "e2e_ms": {
                 lane.value: [round(s * 1000, 1) for s in values]

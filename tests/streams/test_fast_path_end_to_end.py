@@ -32,7 +32,7 @@ def test_the_setting_installs_the_bulk_consumer(settings: Settings) -> None:
     fast = create_app(settings.model_copy(update={"fast_path": True}))
     assert isinstance(fast.consumer, BulkConsumer)
     assert set(fast._recon_bulk) == {settings.topic}  # the main topic only, not retry tiers
-    slow = create_app(settings)
+    slow = create_app(settings.model_copy(update={"fast_path": False}))
     assert not isinstance(slow.consumer, BulkConsumer)
 
     async def handler(records: Sequence[SourceRecord]) -> None:

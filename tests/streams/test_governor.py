@@ -414,3 +414,10 @@ def test_invariants_and_nothing_is_left_stopped(phases: list[tuple[str, float]],
     times = [at for at, *_ in run.transitions]
     assert all(b - a >= p.enter_samples * p.tick_s - 1e-9 for a, b in itertools.pairwise(times))
     assert math.isfinite(run.gov.baseline or 0.0)
+
+
+def test_after_a_spike_the_limit_grows_back_from_its_minimum() -> None:
+    run, _, end = spike_run()
+    limits_after = [d.limit for t, d in run.decisions if t >= end + 10]
+    assert min(d.limit for _, d in run.decisions) == POLICY.limit_min
+    assert limits_after and min(limits_after) >= POLICY.limit_initial

@@ -248,6 +248,10 @@ class FaustLikeConsumer:
         self.resume_partitions(self.assigned)  # Recovery._resume_streams
 
 
+def apply(pauser: PartitionPauser, *args: Any, **kwargs: Any) -> Any:
+    return asyncio.run(pauser.apply(*args, **kwargs))
+
+
 def tps(topics: Iterable[str], partitions: int = 2) -> set[TP]:
     return {TP(t, p) for t in topics for p in range(partitions)}
 
@@ -260,13 +264,13 @@ def test_stopped_lanes_are_paused_and_only_ours_are_resumed() -> None:
     consumer.rebalance(ALL_TPS)
     consumer.recovery_done()
     pauser = PartitionPauser(TOPICS)
-    change = pauser.apply(consumer, {Lane.CRITICAL, Lane.NORMAL}, ALL_TPS, rebalancing=False)
+    change = apply(pauser, consumer, {Lane.CRITICAL, Lane.NORMAL}, ALL_TPS, rebalancing=False)
     assert change.paused == tps([TOPICS.bulk]) and consumer.paused == tps([TOPICS.bulk])
-    change = pauser.apply(consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False)
+    change = apply(pauser, consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False)
     assert consumer.paused == tps([TOPICS.bulk, TOPICS.main])
     assert change.paused == tps([TOPICS.main]) and not change.resumed
     consumer.pause_partitions({TP(TOPICS.retries[0], 0)})  # someone else's pause
-    pauser.apply(consumer, ALL_LANES, ALL_TPS, rebalancing=False)
+    apply(pauser, consumer, ALL_LANES, ALL_TPS, rebalancing=False)
     assert consumer.paused == {TP(TOPICS.retries[0], 0)}  # not ours: left alone
     assert consumer.active == ALL_TPS - {TP(TOPICS.retries[0], 0)}
 
@@ -277,23 +281,23 @@ def test_pauses_are_reapplied_after_a_rebalance_only_while_warranted() -> None:
     consumer.recovery_done()
     pauser = PartitionPauser(TOPICS)
     stopped = {Lane.CRITICAL, Lane.NORMAL}
-    pauser.apply(consumer, stopped, ALL_TPS, rebalancing=False)
+    apply(pauser, consumer, stopped, ALL_TPS, rebalancing=False)
     # A rebalance: we lose partition 1 of everything.
     mine = {tp for tp in ALL_TPS if tp.partition == 0}
     consumer.rebalance(mine)
     pauser.forget()
-    assert pauser.apply(consumer, stopped, mine, rebalancing=True).paused == frozenset()
-    assert pauser.apply(consumer, ALL_LANES, mine, rebalancing=False).resumed == frozenset()
+    assert apply(pauser, consumer, stopped, mine, rebalancing=True).paused == frozenset()
+    assert apply(pauser, consumer, ALL_LANES, mine, rebalancing=False).resumed == frozenset()
     pauser.rebalance_complete()
     consumer.recovery_done()  # Faust resumes every assigned partition
     assert not consumer.paused
-    pauser.apply(consumer, stopped, mine, rebalancing=False)
+    apply(pauser, consumer, stopped, mine, rebalancing=False)
     assert consumer.paused == {TP(TOPICS.bulk, 0)}  # still warranted: paused again
     consumer.rebalance(ALL_TPS)
     pauser.forget()
     pauser.rebalance_complete()
     consumer.recovery_done()
-    pauser.apply(consumer, ALL_LANES, ALL_TPS, rebalancing=False)  # no longer warranted
+    apply(pauser, consumer, ALL_LANES, ALL_TPS, rebalancing=False)  # no longer warranted
     assert not consumer.paused and consumer.active == ALL_TPS
 
 
@@ -327,7 +331,7 @@ def test_nothing_is_ever_left_paused_by_mistake(steps: list[tuple[str, Any]]) ->
     for kind, arg in steps:
         if kind == "decide":
             running = lanes_of[arg]
-            pauser.apply(consumer, running, consumer.assigned, rebalancing=False)
+            apply(pauser, consumer, running, consumer.assigned, rebalancing=False)
             for tp in consumer.assigned:
                 lane = TOPICS.lane_of(tp.topic)
                 stopped = lane is not None and lane not in running
@@ -342,16 +346,34 @@ def test_nothing_is_ever_left_paused_by_mistake(steps: list[tuple[str, Any]]) ->
             consumer.recovery_done()
             recovering = False
         elif kind == "tick_in_rebalance":
-            pauser.apply(consumer, lanes_of[arg], consumer.assigned, rebalancing=True)
+            apply(pauser, consumer, lanes_of[arg], consumer.assigned, rebalancing=True)
         else:  # Faust's buffer flow control re-activating a partition
             if arg in consumer.assigned:
                 consumer.active.add(arg)
     pauser.rebalance_complete()
     consumer.recovery_done()
-    pauser.apply(consumer, ALL_LANES, consumer.assigned, rebalancing=False)
+    apply(pauser, consumer, ALL_LANES, consumer.assigned, rebalancing=False)
     assert not consumer.paused
     assert consumer.active == consumer.assigned
     assert not pauser.paused
+
+
+def test_every_partition_is_rewound_before_it_resumes() -> None:
+    consumer = FaustLikeConsumer()
+    consumer.rebalance(ALL_TPS)
+    consumer.recovery_done()
+    pauser = PartitionPauser(TOPICS)
+    events: list[tuple[str, TP]] = []
+
+    async def rewind(tp: Any) -> None:
+        assert tp in consumer.paused  # still paused while it is rewound
+        events.append(("rewind", tp))
+
+    apply(pauser, consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False, rewind=rewind)
+    assert events == []  # pausing needs no rewind
+    change = apply(pauser, consumer, ALL_LANES, ALL_TPS, rebalancing=False, rewind=rewind)
+    assert {tp for _, tp in events} == change.resumed == tps([TOPICS.main, TOPICS.bulk])
+    assert not consumer.paused
 
 
 def test_a_missing_rebalance_signal_does_not_block_pausing_for_ever() -> None:
@@ -361,9 +383,9 @@ def test_a_missing_rebalance_signal_does_not_block_pausing_for_ever() -> None:
     consumer.recovery_done()
     pauser = PartitionPauser(TOPICS, clock=lambda: now[0])
     pauser.forget()
-    assert not pauser.apply(consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False).paused
+    assert not apply(pauser, consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False).paused
     now[0] = PartitionPauser.SETTLE_TIMEOUT_S + 1
-    assert pauser.apply(consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False).paused
+    assert apply(pauser, consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False).paused
 
 
 def test_release_resumes_all_of_ours() -> None:
@@ -371,8 +393,8 @@ def test_release_resumes_all_of_ours() -> None:
     consumer.rebalance(ALL_TPS)
     consumer.recovery_done()
     pauser = PartitionPauser(TOPICS)
-    pauser.apply(consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False)
-    assert pauser.release(consumer, ALL_TPS) == tps([TOPICS.main, TOPICS.bulk])
+    apply(pauser, consumer, {Lane.CRITICAL}, ALL_TPS, rebalancing=False)
+    assert asyncio.run(pauser.release(consumer, ALL_TPS)) == tps([TOPICS.main, TOPICS.bulk])
     assert not consumer.paused
 
 
