@@ -818,14 +818,14 @@ def run_all(run: Run, only: set[str], fast: bool, workdir: Path) -> None:
             print(f"  PostgreSQL not reachable, skipped: {problem}", flush=True)
         else:
             sinks.append(("postgresql", f"{run.args.postgres_url}?table=bench_{{n}}"))
-    # Diagnostic rows (memory sink, no latency run): the same workers with the backpressure
-    # governor off, to show what its adaptive chunking costs at full speed.
+    # Diagnostic rows (no latency run): the same workers with the backpressure governor off,
+    # to show what its adaptive limit costs when the downstream is healthy.
     diagnostic: list[tuple[str, dict[str, str]]] = []
     if "governor_enabled" in Settings.model_fields and not run.args.no_diagnostics:
         off = {"RECON_GOVERNOR_ENABLED": "false"}
         diagnostic = [(f"{suffix}, governor off", {**env, **off}) for suffix, env in modes]
     for n, (sink, template) in enumerate(sinks):
-        sink_modes = [*modes, *(diagnostic if sink == "memory" else [])]
+        sink_modes = [*modes, *diagnostic]
         for m, (suffix, env) in enumerate(sink_modes):
             tag = f"{uuid.uuid4().hex[:6]}_{n}{m}"
             url = template.format(n=tag)

@@ -79,6 +79,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
                 f"RECON_FAST_PATH needs Faust consumer internals {missing}; this Faust "
                 "version is not supported by the fast path (unset RECON_FAST_PATH)"
             )
+        self._bulk_in_flight = 0  # chunks handed to a handler and not yet settled
         self._bulk_idle = asyncio.Event()
         self._bulk_idle.set()
 
@@ -132,19 +133,48 @@ class BulkConsumer(faust_aiokafka.Consumer):
         generation = self.app.consumer_generation_id
         bulk = self._bulk
         others: dict[Any, list[Any]] = {}
+        partitions = []
+        failed = asyncio.Event()  # one partition's handler raised: the others stop too
         for tp, batch in records.items():
             entry = bulk.get(tp.topic)
             if entry is None:
                 others[tp] = batch
-                continue
-            handler, batch_max = entry
-            for start in range(0, len(batch), batch_max):
-                if not self._may_deliver(tp, active, generation):
-                    await self._rewind(tp, batch[start].offset)  # the rest goes unread
-                    break
-                await self._apply_chunk(tp, batch[start : start + batch_max], handler)
+            else:
+                partitions.append(
+                    self._deliver_partition(tp, batch, *entry, active, generation, failed)
+                )
+        # Partitions run side by side (each in offset order), so one partition's records are
+        # decoded while another's batch waits on the sink; the in-flight total stays bounded by
+        # partitions x batch_max (and by the backpressure limiter, when the handler has one).
+        if len(partitions) == 1:
+            await partitions[0]
+        elif partitions:
+            outcomes = await asyncio.gather(*partitions, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome  # once every other partition has settled its chunk in flight
         if others:
             await self._deliver_per_message(others, active, generation)
+
+    async def _deliver_partition(
+        self,
+        tp: Any,
+        batch: Sequence[Any],
+        handler: BatchHandler,
+        batch_max: int,
+        active: set[Any] | None,
+        generation: int,
+        failed: asyncio.Event,
+    ) -> None:
+        for start in range(0, len(batch), batch_max):
+            if failed.is_set() or not self._may_deliver(tp, active, generation):
+                await self._rewind(tp, batch[start].offset)  # the rest goes unread
+                return
+            try:
+                await self._apply_chunk(tp, batch[start : start + batch_max], handler)
+            except BaseException:
+                failed.set()
+                raise
 
     def _may_deliver(self, tp: Any, active: set[Any] | None, generation: int) -> bool:
         return (
@@ -185,6 +215,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
         monitor = self.app.monitor
         if monitor is not None:  # keeps Faust's "stream is idle" detector informed
             monitor.stream_inbound_time[tp] = time.monotonic()
+        self._bulk_in_flight += 1
         self._bulk_idle.clear()
         try:
             await handler(sources)  # returns once every record is settled (never on failure)
@@ -198,7 +229,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
             self._ack_offsets(tp, offsets)
             self._read_offset[tp] = offsets[-1]
         finally:
-            self._bulk_idle.set()
+            self._bulk_in_flight -= 1
+            if not self._bulk_in_flight:
+                self._bulk_idle.set()
         commit_every = self._commit_every
         if commit_every is not None and self._n_acked >= commit_every:
             self._n_acked = 0
@@ -249,7 +282,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
     # --- rebalance and shutdown ------------------------------------------------------------
 
     async def wait_empty(self) -> None:
-        """Wait for the bulk chunk in flight (if any), then for Faust's own unacked events."""
+        """Wait for the bulk chunks in flight (if any), then for Faust's own unacked events."""
         while not self._bulk_idle.is_set() and not self.should_stop:
             try:
                 await asyncio.wait_for(self._bulk_idle.wait(), timeout=1.0)

@@ -55,6 +55,7 @@ class Harness:
         self.seeks: list[tuple[TP, int]] = []
         self.gaps: list[tuple[TP, int, int]] = []
         self.on_batch: Any = None
+        self.suspend = False
         consumer = BulkConsumer.__new__(BulkConsumer)
         app = SimpleNamespace(
             consumer_generation_id=1,
@@ -76,6 +77,7 @@ class Harness:
             "_commit_every": None,
             "_waiting_for_ack": None,
             "_bulk_idle": asyncio.Event(),
+            "_bulk_in_flight": 0,
             "assignment": lambda: {P0, P1},
             "seek": self.seek,
             "_add_gap": self.add_gap,
@@ -91,6 +93,8 @@ class Harness:
             self.on_batch(len(self.batches))
         if self.fail_on == len(self.batches):
             raise RuntimeError("sink exploded")
+        if self.suspend:
+            await asyncio.sleep(0)  # let the other partitions run meanwhile
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -171,3 +175,16 @@ def test_a_partition_revoked_while_applying_is_not_acked() -> None:
     h.deliver({P0: [record(P0, o) for o in range(3)]})
     assert h.batches == [[(0, 0), (0, 1), (0, 2)]]
     assert h.acked(P0) == []
+
+
+def test_partitions_run_side_by_side_in_order_and_a_failure_stops_them_after_their_chunk() -> None:
+    h = Harness(batch_max=2)
+    h.suspend = True
+    h.fail_on = 3  # P0's second chunk (P0 chunk 1, P1 chunk 1, P0 chunk 2, ...)
+    with pytest.raises(RuntimeError):
+        h.deliver({P0: [record(P0, o) for o in range(6)], P1: [record(P1, o) for o in range(6)]})
+    assert h.batches[:3] == [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 2), (0, 3)]]
+    assert h.acked(P0) == [0, 1]  # nothing of the failed chunk, nothing after it
+    assert h.acked(P1) == [0, 1]  # its chunk in flight settled and was acked, then it stopped
+    assert h.seeks == [(P1, 2)]  # and its unread rest is fetched again
+    assert h.consumer._bulk_in_flight == 0 and h.consumer._bulk_idle.is_set()
