@@ -41,8 +41,8 @@ from typing import Any
 from processors.codec import AvroCodec
 from processors.event import EventLimits, Op, Priority, ReconEvent
 from processors.sinks.sim import SimConditions, write_conditions
+from streams.backpressure.lanes import LANES, Lane
 from streams.broker import EmbeddedBroker, free_port
-from streams.lanes import LANES, Lane
 from streams.publish import make_producer
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -611,7 +611,7 @@ def measure_knee(
 def governor_on_curve(points: Sequence[KneePoint], seconds: float = 300.0) -> list[int]:
     """Where the governor's limit settles on the measured latency curve (interpolated), with
     a backlog: the limits over the last third of ``seconds``."""
-    from streams.governor import Governor, GovernorPolicy, TickSignals
+    from streams.backpressure.governor import Governor, GovernorPolicy, TickSignals
 
     xs = [p.records for p in points]
     ys = [p.p50_ms / 1000 for p in points]

@@ -49,7 +49,7 @@ from processors.event import EventLimits
 from processors.synthetic import SyntheticSpec, generate
 from streams.broker import EmbeddedBroker, broker_binary, free_port
 from streams.kafka.offsets import committed_offsets
-from streams.observe import scrape
+from streams.ops.observe import scrape
 from streams.publish import PublishReport, make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

@@ -38,7 +38,7 @@ import psutil
 from processors.codec import AvroCodec
 from processors.synthetic import SyntheticSpec, generate
 from streams.broker import EmbeddedBroker, free_port
-from streams.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

@@ -31,21 +31,21 @@ from prometheus_client import Histogram
 from processors.codec import AvroCodec
 from processors.reconciler import Reconciler
 from processors.sinks import open_sink
-from streams import metrics
-from streams.backpressure import Backpressure
+from streams.backpressure.controller import Backpressure
+from streams.backpressure.lanes import Lane
 from streams.batch_processor import BatchProcessor, ProcessingPolicy
-from streams.circuit import CircuitBreaker, CircuitPolicy
 from streams.failpoints import Failpoints
+from streams.failures.circuit import CircuitBreaker, CircuitPolicy
+from streams.failures.retry_budget import RetryBudget, RetryBudgetPolicy
+from streams.failures.retry_schedule import process_when_due
+from streams.failures.routing import OutgoingRecord, SourceRecord
 from streams.kafka.client_config import faust_credentials
 from streams.kafka.fast_consumer import register_bulk_topic, use_fast_path
 from streams.kafka.fetch_wait import set_fetch_max_wait
-from streams.lanes import Lane
-from streams.retry_budget import RetryBudget, RetryBudgetPolicy
-from streams.retry_schedule import process_when_due
-from streams.routing import OutgoingRecord, SourceRecord
+from streams.ops import metrics
+from streams.ops.worker_health import WorkerOps
 from streams.settings import Settings
 from streams.topics import TopicNames
-from streams.worker_health import WorkerOps
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,8 @@ def create_app(settings: Settings) -> ReconApp:
         await processor.process(records)
         ops.processed(records)
 
-    # Adaptive backpressure (streams/backpressure.py): every agent's batch goes through it.
+    # Adaptive backpressure (streams/backpressure/controller.py): every agent's batch goes
+    # through it.
     backpressure = Backpressure(app, settings, processor, topics, process)
 
     async def process_normal(records: Sequence[SourceRecord]) -> None:

@@ -30,11 +30,11 @@ from processors.codec import AvroCodec
 from processors.errors import ConflictError, FailureKind
 from processors.event import ReconEvent
 from processors.reconciler import Reconciler
-from streams import metrics
-from streams.circuit import CircuitBreaker, CircuitState
 from streams.failpoints import Failpoints
-from streams.retry_budget import RetryBudget
-from streams.routing import ATTEMPT, Failure, OutgoingRecord, SourceRecord, classify, route
+from streams.failures.circuit import CircuitBreaker, CircuitState
+from streams.failures.retry_budget import RetryBudget
+from streams.failures.routing import ATTEMPT, Failure, OutgoingRecord, SourceRecord, classify, route
+from streams.ops import metrics
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ class RecordSender(Protocol):
 
 
 class ApplyObserver(Protocol):
-    """Runs each downstream apply call in the sink thread, timing it (streams/signals.py)."""
+    """Runs each downstream apply call in the sink thread, timing it
+    (streams/backpressure/signals.py)."""
 
     def run(
         self, reconcile: Callable[[list[ReconEvent]], list[Outcome]], events: list[ReconEvent]

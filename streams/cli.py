@@ -192,7 +192,7 @@ def _as_dict(obj: Any) -> dict[str, Any]:
 
 
 def cmd_dlt(args: argparse.Namespace) -> int:
-    from streams.dlt import list_command
+    from streams.failures.dlt import list_command
 
     return list_command(args, load_settings(args))
 
@@ -224,7 +224,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    from streams.top import DEFAULT_METRICS_URL, check_url, run_top
+    from streams.ops.top import DEFAULT_METRICS_URL, check_url, run_top
 
     urls = args.metrics_url or [DEFAULT_METRICS_URL]
     if not 0 < args.interval <= 3600:
@@ -255,7 +255,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_dlt_filters(parser: argparse.ArgumentParser) -> None:
-    from streams.dlt import add_filter_arguments
+    from streams.failures.dlt import add_filter_arguments
 
     add_filter_arguments(parser)
 

@@ -31,11 +31,11 @@ from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.broker import ensure_broker, free_port
+from streams.failures.routing import DLT_REASON, headers_dict
 from streams.kafka.client_config import confluent_config
 from streams.kafka.offsets import read_topic
-from streams.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import PublishReport, make_producer, publish
-from streams.routing import DLT_REASON, headers_dict
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

@@ -215,10 +215,10 @@ def add_replay_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _dlt_module() -> Any:
-    """``streams.dlt`` (DLT listing and redrive) if this build has it, else None."""
-    if importlib.util.find_spec("streams.dlt") is None:
+    """``streams.failures.dlt`` (DLT listing and redrive) if this build has it, else None."""
+    if importlib.util.find_spec("streams.failures.dlt") is None:
         return None
-    return importlib.import_module("streams.dlt")
+    return importlib.import_module("streams.failures.dlt")
 
 
 def replay_command(args: argparse.Namespace, settings: Settings, out: TextIO | None = None) -> int:

@@ -24,8 +24,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from processors.codec import AvroCodec
 from processors.errors import InvalidEvent
 from processors.event import EventLimits, event_from_json
+from streams.backpressure.lanes import lane_for_priority
 from streams.kafka.client_config import confluent_config
-from streams.lanes import lane_for_priority
 from streams.settings import Settings
 from streams.topics import TopicNames
 

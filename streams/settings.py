@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     retry_budget_ratio: float = Field(0.2, ge=0.0, le=10.0)
     retry_budget_window_s: float = Field(60.0, ge=1.0, le=3600.0)
     retry_budget_floor: int = Field(10, ge=0, le=1_000_000)
-    # Circuit breaker on the downstream (see streams/circuit.py).
+    # Circuit breaker on the downstream (see streams/failures/circuit.py).
     circuit_enabled: bool = True
     circuit_window_s: float = Field(10.0, ge=0.5, le=600.0)
     circuit_min_calls: int = Field(5, ge=1, le=10_000)
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     circuit_max_open_s: float = Field(10.0, ge=0.05, le=3600.0)
     circuit_probe_records: int = Field(10, ge=1, le=100_000)
 
-    # --- Adaptive backpressure (streams/governor.py; docs/backpressure.md) ------------------
+    # --- Adaptive backpressure (streams/backpressure/governor.py; docs/backpressure.md) ---
     # Off: fixed batches of batch_max, no pausing, no pacing (the behaviour before the governor).
     governor_enabled: bool = True
     governor_tick_s: float = Field(0.1, ge=0.01, le=5.0, description="one sample per tick")

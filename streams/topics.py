@@ -4,9 +4,9 @@ main: ``<topic>``; retry tiers: ``<topic>.retry.<n>`` (n = 1..len(retry_delays))
 dead letters: ``<topic>.dlt``. Retry topics get the main topic's partition count so a retry
 copy can keep its original partition (and with it, per-key locality).
 
-Priority lanes (streams/lanes.py): ``<topic>.critical`` and ``<topic>.bulk`` beside ``<topic>``
-(the normal lane), with the main topic's partition count; the retry tiers and the DLT are
-shared by all lanes (a copy names its original topic, hence its lane, in a header).
+Priority lanes (streams/backpressure/lanes.py): ``<topic>.critical`` and ``<topic>.bulk``
+beside ``<topic>`` (the normal lane), with the main topic's partition count; the retry tiers
+and the DLT are shared by all lanes (a copy names its original topic, hence its lane, in a header).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from streams.backpressure.lanes import Lane
 from streams.kafka.client_config import confluent_config
-from streams.lanes import Lane
 from streams.settings import Settings
 
 

@@ -9,7 +9,8 @@ for ``take_events`` and acks it. Per event that machinery costs more than all of
 :class:`BulkConsumer` is a subclass of Faust's aiokafka consumer (installed through
 :func:`use_fast_path`, which sets ``app.transport``) that changes only the drain loop. For a
 topic registered with :func:`register_bulk_topic`, each fetched batch is turned straight into
-:class:`~streams.routing.SourceRecord` s and handed to the handler in chunks of ``batch_max``;
+:class:`~streams.failures.routing.SourceRecord` s and handed to the handler in chunks of
+``batch_max``;
 other topics (the retry tiers) keep Faust's per-message path unchanged. What stays Faust's:
 the consumer group, assignment and rebalancing, pausing partitions, the commit machinery
 (commit interval / every N acks, commits of acked offsets only, gap tracking), and shutdown.
@@ -45,7 +46,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-from streams.routing import SourceRecord
+from streams.failures.routing import SourceRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ _REQUIRED = (
     "suspend_flow",
     "flow_active",
     "seek",
+    "_paused_partitions",
 )
 
 
@@ -146,6 +148,9 @@ class BulkConsumer(faust_aiokafka.Consumer):
         # Partitions run side by side (each in offset order), so one partition's records are
         # decoded while another's batch waits on the sink; the in-flight total stays bounded by
         # partitions x batch_max (and by the backpressure limiter, when the handler has one).
+        # Other topics' records go to their streams meanwhile, not after the bulk batches.
+        if others:
+            partitions.append(self._deliver_per_message(others, active, generation))
         if len(partitions) == 1:
             await partitions[0]
         elif partitions:
@@ -153,8 +158,6 @@ class BulkConsumer(faust_aiokafka.Consumer):
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome  # once every other partition has settled its chunk in flight
-        if others:
-            await self._deliver_per_message(others, active, generation)
 
     async def _deliver_partition(
         self,
@@ -181,6 +184,7 @@ class BulkConsumer(faust_aiokafka.Consumer):
             self.flow_active
             and not self.should_stop
             and self.app.consumer_generation_id == generation
+            and tp not in self._paused_partitions  # paused (backpressure) since the fetch
             and (active is None or tp in active or tp in self._buffered_partitions)
         )
 

@@ -25,7 +25,7 @@ import yaml
 from processors.codec import AvroCodec
 from processors.event import EventLimits
 from processors.synthetic import SyntheticSpec, generate
-from streams.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import make_producer, publish, routed
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics

@@ -35,7 +35,7 @@ if atheris is not None:
         from processors.codec import AvroCodec
         from processors.errors import DecodeError, InvalidEvent
         from processors.event import event_from_json, event_to_json
-        from streams.routing import DLT_REASON
+        from streams.failures.routing import DLT_REASON
         from tests.processors.strategies import make_event
         from tests.streams.inprocess import in_process
 

@@ -26,8 +26,8 @@ from processors.event import (
     event_to_json,
     validate,
 )
+from streams.failures.routing import ORIGINAL_OFFSET
 from streams.publish import RejectedLine, parse_json_lines
-from streams.routing import ORIGINAL_OFFSET
 from tests.processors.strategies import events
 from tests.streams.inprocess import CapturingSender, in_process
 

@@ -14,9 +14,9 @@ from processors.reconciler import Reconciler
 from processors.sinks.base import Sink
 from processors.sinks.memory import MemorySink
 from streams.batch_processor import BatchProcessor, BatchResult, ProcessingPolicy
-from streams.circuit import CircuitBreaker, CircuitPolicy
-from streams.retry_budget import RetryBudget, RetryBudgetPolicy
-from streams.routing import DLT_REASON, OutgoingRecord, SourceRecord
+from streams.failures.circuit import CircuitBreaker, CircuitPolicy
+from streams.failures.retry_budget import RetryBudget, RetryBudgetPolicy
+from streams.failures.routing import DLT_REASON, OutgoingRecord, SourceRecord
 from streams.topics import TopicNames
 
 TOPICS = TopicNames("in.events", ("in.events.retry.1",), "in.events.dlt")

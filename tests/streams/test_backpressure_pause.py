@@ -11,7 +11,7 @@ the simulated downstream's latency spike makes it do so. Checked here:
 * nothing is lost after resume: every record is processed, every committed offset reaches the
   end, and the sink holds each entity's last version (Faust drops records of a partition
   paused while a fetch is handed out, then takes the hole for a compaction gap -- the pauser
-  rewinds before resuming; see streams/lane_control.py);
+  rewinds before resuming; see streams/backpressure/lane_control.py);
 * pauses follow rebalances: a worker joins and leaves while bulk is paused; after each
   rebalance the degraded worker pauses again exactly the stopped lanes' partitions it now
   holds, and once the spike is over nothing is left paused.
@@ -32,7 +32,7 @@ from bench.backpressure import LaneLoad
 from processors.codec import AvroCodec
 from processors.event import EventLimits, Op, Priority, ReconEvent
 from processors.sinks.sim import SimConditions, write_conditions
-from streams.lanes import Lane
+from streams.backpressure.lanes import Lane
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics

@@ -16,11 +16,11 @@ from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams import cli
-from streams.dlt import DltFilter, redrive, scan
+from streams.failures.dlt import DltFilter, redrive, scan
+from streams.failures.routing import ATTEMPT, DUE_MS, ORIGINAL_OFFSET, REDRIVE_COUNT, headers_dict
 from streams.kafka.offsets import read_topic
-from streams.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import make_producer, publish
-from streams.routing import ATTEMPT, DUE_MS, ORIGINAL_OFFSET, REDRIVE_COUNT, headers_dict
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.streams.conftest import WorkerProcess

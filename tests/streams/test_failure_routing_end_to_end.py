@@ -24,10 +24,16 @@ from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticRecord, SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.failpoints import CRASH_EXIT_CODE
+from streams.failures.routing import (
+    DLT_REASON,
+    DUE_MS,
+    ORIGINAL_OFFSET,
+    ORIGINAL_PARTITION,
+    headers_dict,
+)
 from streams.kafka.offsets import read_topic
-from streams.observe import TERMINAL_OUTCOMES, histogram_quantile, outcome_totals, scrape
+from streams.ops.observe import TERMINAL_OUTCOMES, histogram_quantile, outcome_totals, scrape
 from streams.publish import make_producer, publish
-from streams.routing import DLT_REASON, DUE_MS, ORIGINAL_OFFSET, ORIGINAL_PARTITION, headers_dict
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.streams.conftest import WorkerProcess, wait_for_commits

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from streams.failures.routing import SourceRecord
 from streams.kafka.fast_consumer import BulkConsumer
-from streams.routing import SourceRecord
 
 TOPIC = "in.events"
 
@@ -69,6 +69,7 @@ class Harness:
             "_stopped": asyncio.Event(),
             "_crashed": asyncio.Event(),
             "_buffered_partitions": set(),
+            "_paused_partitions": set(),
             "_read_offset": defaultdict(lambda: None),
             "_committed_offset": defaultdict(lambda: None),
             "_acked": defaultdict(list),
@@ -188,3 +189,12 @@ def test_partitions_run_side_by_side_in_order_and_a_failure_stops_them_after_the
     assert h.acked(P1) == [0, 1]  # its chunk in flight settled and was acked, then it stopped
     assert h.seeks == [(P1, 2)]  # and its unread rest is fetched again
     assert h.consumer._bulk_in_flight == 0 and h.consumer._bulk_idle.is_set()
+
+
+def test_a_paused_partition_is_not_delivered_even_when_marked_buffered() -> None:
+    h = Harness(batch_max=5)
+    h.consumer._paused_partitions.add(P0)  # paused by backpressure after the fetch
+    h.consumer._buffered_partitions.add(P0)  # and its stream buffer was under pressure once
+    h.deliver({P0: [record(P0, o) for o in range(3)], P1: [record(P1, 0)]})
+    assert h.batches == [[(1, 0)]]
+    assert h.seeks == [(P0, 0)]

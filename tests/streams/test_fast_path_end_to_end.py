@@ -17,11 +17,11 @@ from processors.sinks import open_sink
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.app import create_app
+from streams.failures.routing import ORIGINAL_OFFSET, ORIGINAL_PARTITION, SourceRecord, headers_dict
 from streams.kafka.fast_consumer import BulkConsumer, register_bulk_topic
 from streams.kafka.offsets import committed_offsets, read_topic
-from streams.observe import outcome_totals
+from streams.ops.observe import outcome_totals
 from streams.publish import make_producer, publish
-from streams.routing import ORIGINAL_OFFSET, ORIGINAL_PARTITION, SourceRecord, headers_dict
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.streams.conftest import WorkerProcess, wait_for_commits

@@ -26,7 +26,7 @@ import pytest
 from processors.codec import MAGIC
 from streams.broker import EmbeddedBroker
 from streams.cli import build_parser, main
-from streams.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

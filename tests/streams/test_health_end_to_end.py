@@ -18,7 +18,7 @@ from processors.event import EventLimits
 from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from streams.kafka.lag import consumed_topics, measure_lag
-from streams.observe import scrape
+from streams.ops.observe import scrape
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

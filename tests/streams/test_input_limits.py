@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from processors.codec import AvroCodec
 from processors.event import EventLimits, ReconEvent
 from processors.sinks.memory import MemorySink
-from streams.routing import ERROR_KIND, ERROR_MESSAGE
+from streams.failures.routing import ERROR_KIND, ERROR_MESSAGE
 from streams.settings import Settings
 from tests.processors.strategies import make_event
 from tests.streams.inprocess import CapturingSender, in_process

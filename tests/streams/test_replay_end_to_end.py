@@ -21,7 +21,7 @@ from processors.verification import ExpectedState
 from streams.cli import main
 from streams.kafka.groups import describe_group
 from streams.kafka.offsets import committed_offsets
-from streams.observe import outcome_totals
+from streams.ops.observe import outcome_totals
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

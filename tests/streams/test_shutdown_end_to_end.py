@@ -16,7 +16,7 @@ from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.kafka.offsets import committed_offsets
-from streams.observe import scrape
+from streams.ops.observe import scrape
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics

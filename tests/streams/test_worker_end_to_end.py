@@ -13,9 +13,7 @@ from processors.reference_model import ReferenceModel
 from processors.sinks import open_sink
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
-from streams.kafka.offsets import committed_offsets, read_topic
-from streams.publish import make_producer, publish
-from streams.routing import (
+from streams.failures.routing import (
     DLT_REASON,
     ERROR_KIND,
     ORIGINAL_OFFSET,
@@ -23,6 +21,8 @@ from streams.routing import (
     ORIGINAL_TOPIC,
     headers_dict,
 )
+from streams.kafka.offsets import committed_offsets, read_topic
+from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.conftest import postgres_url_or_skip

@@ -201,7 +201,7 @@ def test_refuses_while_the_group_has_a_live_member(
 
 
 def test_from_dlt_is_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
-    import streams.dlt as dlt
+    import streams.failures.dlt as dlt
 
     calls: list[Any] = []
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streams.backpressure import policy_from_settings
-from streams.governor import (
+from streams.backpressure.controller import policy_from_settings
+from streams.backpressure.governor import (
     Decision,
     Governor,
     GovernorPolicy,
@@ -20,9 +20,9 @@ from streams.governor import (
     TickSignals,
     quantile,
 )
-from streams.lanes import ALL_LANES, Lane
+from streams.backpressure.lanes import ALL_LANES, Lane
 from streams.settings import Settings
-from tests.streams.governor_sim import Downstream, Run, lognormal
+from tests.streams.backpressure.governor_sim import Downstream, Run, lognormal
 
 N = GovernorState.NORMAL
 D = GovernorState.DEGRADED

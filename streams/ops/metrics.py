@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
-    from streams.ops_server import Check, OpsServer
+    from streams.ops.server import Check, OpsServer
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -74,12 +74,12 @@ def serve(
     """
     if not port:
         return None
-    from streams.ops_server import OpsServer, always_ok
+    from streams.ops.server import OpsServer, always_ok
 
     return OpsServer(host, port, REGISTRY, liveness or always_ok, readiness or always_ok).start()
 
 
-# --- consumer lag, assignment and commits (fed by streams/worker_health.py) ------------------
+# --- consumer lag, assignment and commits (fed by streams/ops/worker_health.py) ------------------
 consumer_lag_messages = Gauge(
     "recon_consumer_lag_messages",
     "Fetch high watermark minus the next offset to process, per assigned partition",
@@ -126,7 +126,7 @@ retry_budget_holds = Counter(
 )
 
 
-# --- adaptive backpressure (streams/governor.py, fed by streams/signals.py) ------------------
+# --- adaptive backpressure (backpressure/governor.py, fed by backpressure/signals.py) -----
 governor_state = Gauge(
     "recon_governor_state",
     "Backpressure governor: 0 normal, 1 degraded, 2 recovery, -1 switched off",

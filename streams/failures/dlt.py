@@ -21,9 +21,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Message
 
-from streams.kafka.offsets import read_topic
-from streams.publish import make_producer
-from streams.routing import (
+from streams.failures.routing import (
     ATTEMPT,
     DLT_REASON,
     ERROR_CLASS,
@@ -36,6 +34,8 @@ from streams.routing import (
     REDRIVE_COUNT,
     headers_dict,
 )
+from streams.kafka.offsets import read_topic
+from streams.publish import make_producer
 from streams.settings import Settings
 
 # Headers a redrive keeps: provenance. Everything else under recon.* describes the last

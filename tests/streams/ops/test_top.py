@@ -13,9 +13,8 @@ from collections.abc import Callable
 import pytest
 from rich.console import Console
 
-from streams.observe import scrape
-from streams.settings import Settings
-from streams.top import (
+from streams.ops.observe import scrape
+from streams.ops.top import (
     PartitionLag,
     WorkerSnapshot,
     check_url,
@@ -24,6 +23,7 @@ from streams.top import (
     render,
     run_top,
 )
+from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.dashboards.test_dashboards import publish_synthetic, wait_until_processed
 from tests.streams.conftest import WorkerProcess

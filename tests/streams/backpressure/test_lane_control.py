@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.governor import Decision, GovernorState
-from streams.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
-from streams.lanes import ALL_LANES, Lane, lane_for_priority
-from streams.routing import ORIGINAL_TOPIC, SourceRecord
+from streams.backpressure.governor import Decision, GovernorState
+from streams.backpressure.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
+from streams.backpressure.lanes import ALL_LANES, Lane, lane_for_priority
+from streams.failures.routing import ORIGINAL_TOPIC, SourceRecord
 from streams.topics import TopicNames
 
 TOPICS = TopicNames("t.events", ("t.events.retry.1", "t.events.retry.2"), "t.events.dlt")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 
-from streams.routing import DUE_MS, SourceRecord
+from streams.failures.routing import DUE_MS, SourceRecord
 
 DueCallback = Callable[[Sequence[SourceRecord]], Awaitable[object]]
 

@@ -25,9 +25,9 @@ from typing import Any
 from faust.sensors import Sensor
 from faust.types import TP as FaustTP
 
-from streams import metrics
-from streams.health import ProcessedRecord, Readiness, WorkerHealth
-from streams.ops_server import OpsServer, event_loop_liveness
+from streams.ops import metrics
+from streams.ops.health import ProcessedRecord, Readiness, WorkerHealth
+from streams.ops.server import OpsServer, event_loop_liveness
 from streams.settings import Settings
 from streams.topics import TopicNames
 

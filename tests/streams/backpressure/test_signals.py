@@ -12,18 +12,18 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from streams import metrics
-from streams.governor import Governor, GovernorPolicy
-from streams.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
-from streams.lanes import Lane
-from streams.routing import SourceRecord
-from streams.signals import (
+from streams.backpressure.governor import Governor, GovernorPolicy
+from streams.backpressure.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
+from streams.backpressure.lanes import Lane
+from streams.backpressure.signals import (
     ApplyTimer,
     LaneStats,
     ReceivedSensor,
     SignalCollector,
     TraceWriter,
 )
+from streams.failures.routing import SourceRecord
+from streams.ops import metrics
 from streams.topics import TopicNames
 
 TOPICS = TopicNames("s.events", ("s.events.retry.1",), "s.events.dlt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.circuit import CircuitBreaker, CircuitPolicy, CircuitState
+from streams.failures.circuit import CircuitBreaker, CircuitPolicy, CircuitState
 
 POLICY = CircuitPolicy(window_s=10, min_calls=5, failure_threshold=0.5, open_s=1, max_open_s=8)
 

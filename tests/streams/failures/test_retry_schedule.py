@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.retry_schedule import due_ms, process_when_due
-from streams.routing import DUE_MS, SourceRecord
+from streams.failures.retry_schedule import due_ms, process_when_due
+from streams.failures.routing import DUE_MS, SourceRecord
 
 
 def _record(offset: int, due: int | None) -> SourceRecord:

@@ -15,13 +15,19 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from streams.backpressure.governor import Governor, GovernorPolicy
+from streams.backpressure.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
+from streams.backpressure.lanes import Lane
+from streams.backpressure.signals import (
+    ApplyTimer,
+    LaneStats,
+    ReceivedSensor,
+    SignalCollector,
+    TraceWriter,
+)
 from streams.batch_processor import BatchProcessor
-from streams.governor import Governor, GovernorPolicy
-from streams.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
-from streams.lanes import Lane
-from streams.routing import SourceRecord
+from streams.failures.routing import SourceRecord
 from streams.settings import Settings
-from streams.signals import ApplyTimer, LaneStats, ReceivedSensor, SignalCollector, TraceWriter
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,9 @@
 """Priority lanes: ``critical``, ``normal`` and ``bulk`` (the event's ``priority``).
 
 Each lane has its own topic beside the main one (``streams/topics.py``): ``<topic>.critical``,
-``<topic>`` (normal) and ``<topic>.bulk``. The governor (``streams/governor.py``) decides which
-lanes run; ``streams/lane_control.py`` enforces it. No dependencies, so any module may import it.
+``<topic>`` (normal) and ``<topic>.bulk``. The governor (``streams/backpressure/governor.py``)
+decides which lanes run; ``streams/backpressure/lane_control.py`` enforces it. No
+dependencies, so any module may import it.
 """
 
 from __future__ import annotations

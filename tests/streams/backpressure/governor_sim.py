@@ -1,9 +1,9 @@
-"""A synthetic downstream to drive :class:`streams.governor.Governor` tick by tick.
+"""A synthetic downstream to drive :class:`streams.backpressure.governor.Governor` tick by tick.
 
 One sink thread, like the worker's: calls run back to back while there is work (a backlog),
 each taking ``latency(t, records)`` seconds; the governor sees each call when it completes
 (``observe_apply``) and, at each tick, the start of the call in progress (``pending_since``),
-exactly what streams/signals.py feeds it. Deterministic for a seed.
+exactly what streams/backpressure/signals.py feeds it. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from streams.governor import Decision, Governor, GovernorPolicy, GovernorState, TickSignals
-from streams.lanes import Lane
+from streams.backpressure.governor import (
+    Decision,
+    Governor,
+    GovernorPolicy,
+    GovernorState,
+    TickSignals,
+)
+from streams.backpressure.lanes import Lane
 
 Latency = Callable[[float, int], float]
 

@@ -4,7 +4,7 @@ Feed it samples -- every downstream apply call (latency, records, failed or not)
 tick, the worker's gauges (in-flight records, consumer lag, event-loop lag, CPU, RSS, the start
 of the apply call in progress) -- and each ``tick`` returns the :class:`Decision` in force: the
 in-flight limit, the batch size, which lanes run, the critical reserve and the pacing delay.
-``streams/signals.py`` does the feeding in a worker; the tests feed synthetic signals.
+``streams/backpressure/signals.py`` does the feeding in a worker; the tests feed synthetic signals.
 docs/backpressure.md has the design, the measurements behind it and every setting.
 
 States, with hysteresis on every transition:
@@ -57,7 +57,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from streams.lanes import ALL_LANES, Lane
+from streams.backpressure.lanes import ALL_LANES, Lane
 
 
 class GovernorState(StrEnum):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from streams.health import WorkerHealth
-from streams.ops_server import OpsServer, event_loop_liveness
+from streams.ops.health import WorkerHealth
+from streams.ops.server import OpsServer, event_loop_liveness
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.retry_budget import RetryBudget, RetryBudgetPolicy
+from streams.failures.retry_budget import RetryBudget, RetryBudgetPolicy
 
 
 def test_allows_ratio_of_consumed_plus_floor() -> None:

@@ -39,8 +39,8 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from streams.lanes import LANES, Lane
-from streams.routing import ORIGINAL_TOPIC, SourceRecord
+from streams.backpressure.lanes import LANES, Lane
+from streams.failures.routing import ORIGINAL_TOPIC, SourceRecord
 
 
 class LaneTopics(Protocol):

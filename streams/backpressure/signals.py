@@ -37,11 +37,11 @@ from faust.sensors import Sensor
 
 from processors.apply_rules import Outcome
 from processors.event import ReconEvent
-from streams import metrics
-from streams.governor import STATE_CODES, Decision, Governor, TickSignals, Transition
-from streams.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
-from streams.lanes import ALL_LANES, LANES, Lane
-from streams.routing import SourceRecord
+from streams.backpressure.governor import STATE_CODES, Decision, Governor, TickSignals, Transition
+from streams.backpressure.lane_control import InFlightLimiter, LaneProcessor, PartitionPauser
+from streams.backpressure.lanes import ALL_LANES, LANES, Lane
+from streams.failures.routing import SourceRecord
+from streams.ops import metrics
 from streams.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -348,8 +348,8 @@ class SignalCollector:
 
     async def _rewind(self, tp: Any) -> None:
         """Seek ``tp`` to the first record the consumer has not delivered to the streams,
-        before resuming it (streams/lane_control.py: records a pause drops would otherwise be
-        skipped and committed).
+        before resuming it (streams/backpressure/lane_control.py: records a pause drops would
+        otherwise be skipped and committed).
 
         Faust's ``_read_offset[tp]`` (private; read defensively) is the last offset it
         delivered -- or, right after a seek, the next one it expects: a seek of ours, or its
