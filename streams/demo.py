@@ -34,7 +34,7 @@ from streams.broker import ensure_broker, free_port
 from streams.failures.routing import DLT_REASON, headers_dict
 from streams.kafka.client_config import confluent_config
 from streams.kafka.offsets import read_topic
-from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals, scrape
 from streams.publish import PublishReport, make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -99,6 +99,7 @@ class DemoState:
     publishing: bool = True
     outcomes: Counter[str] = field(default_factory=Counter)
     timeline: list[Sample] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> int:
@@ -162,6 +163,7 @@ def _run(
     started = time.monotonic()
     publisher.start()
     urls = [w.metrics_url for w in workers]
+    state.urls = urls
     deadline = started + options.duration_s + options.drain_timeout_s
     with Live(_view(state, options, time.monotonic() - started), console=console) as live:
         while time.monotonic() < deadline:
@@ -228,7 +230,10 @@ def _summarize(
     out = state.outcomes
     produced = state.report.published
     no_op = out["duplicate"] + out["stale"]
-    lost = produced - (out["applied"] + no_op + out["dead_lettered"])
+    # Re-deliveries (at-least-once: a rewind after a pause, a rebalance) were settled twice and
+    # counted twice above; the worker counts them, so each record is counted once here.
+    redelivered = int(sum(scrape_total(w, "recon_records_redelivered_total") for w in state.urls))
+    lost = produced - (out["applied"] + no_op + out["dead_lettered"] - redelivered)
     dlt = list(read_topic(settings, settings.dlt_topic, idle_timeout_s=1.5))
     reasons = Counter(headers_dict(m.headers() or []).get(DLT_REASON, "?") for m in dlt)
     sink = open_sink(settings.sink_url)
@@ -248,11 +253,12 @@ def _summarize(
         + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
         + ")",
         f"retried       {out['retried']} (copies through the retry tiers; not a final outcome)",
+        f"re-delivered  {redelivered} (settled twice, counted once; idempotent apply: no effect)",
         f"lost          {lost}",
         f"sink check    {expected.entities - len(mismatches)}/{expected.entities} entities "
         f"match their highest-version event; {len(mismatches)} mismatches",
         f"books         {'BALANCED' if balanced and not mismatches else 'NOT BALANCED'}: "
-        f"produced = applied + no-op + dead-lettered",
+        f"produced = applied + no-op + DLT - re-delivered",
     ]
     for mismatch in mismatches[:10]:
         lines.append(f"  mismatch {mismatch.entity_id}: {mismatch.problem}")
@@ -350,3 +356,8 @@ def plot_timeline(timeline: list[Sample], path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def scrape_total(url: str, name: str) -> float:
+    """Sum of every sample named ``name`` at ``url`` (0 when unreachable)."""
+    return sum(value for (sample, _), value in scrape(url).items() if sample == name)

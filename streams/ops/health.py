@@ -122,18 +122,27 @@ class WorkerHealth:
         for tp in revoked:
             self._progress.pop(tp, None)
 
-    def on_processed(self, records: Sequence[ProcessedRecord]) -> None:
-        """A settled batch: records whose offsets may now be committed."""
+    def on_processed(self, records: Sequence[ProcessedRecord]) -> int:
+        """A settled batch: records whose offsets may now be committed.
+
+        Returns how many of them were settled before in this process (offset below the
+        partition's progress): re-deliveries, e.g. after a rewind or a rebalance. Meaningful
+        for topics processed in offset order (the lanes), not for the retry tiers.
+        """
         now = self.clock()
+        redelivered = 0
         for record in records:
             progress = self._progress.get((record.topic, record.partition))
             if progress is None:
                 continue  # revoked meanwhile
+            if progress.next_offset is not None and record.offset < progress.next_offset:
+                redelivered += 1
             if progress.next_offset is None or record.offset + 1 > progress.next_offset:
                 progress.next_offset = record.offset + 1
                 progress.progress_at = now
                 if record.timestamp_ms > 0:
                     progress.last_timestamp_ms = record.timestamp_ms
+        return redelivered
 
     @property
     def assignment(self) -> list[TP]:

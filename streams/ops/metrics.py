@@ -53,6 +53,12 @@ batch_records = Histogram(
 in_flight_records = Gauge(
     "recon_in_flight_records", "Records taken from Kafka and not yet acked", registry=REGISTRY
 )
+records_redelivered = Counter(
+    "recon_records_redelivered_total",
+    "Lane records settled again in this process (after a rewind or rebalance; harmless, "
+    "idempotent apply) -- already counted in recon_records_outcome_total",
+    registry=REGISTRY,
+)
 forward_failures = Counter(
     "recon_forward_failures_total",
     "Failed attempts to produce a retry/DLT copy (each is retried; nothing is acked before)",

@@ -67,6 +67,7 @@ class WorkerOps:
         self._app = app
         self._settings = settings
         topics = TopicNames.from_settings(settings)
+        self._retry_topics = frozenset(topics.retries)
         grace = {
             name: delay for name, delay in zip(topics.retries, settings.retry_delays, strict=True)
         }
@@ -83,7 +84,13 @@ class WorkerOps:
     # --- feeding -----------------------------------------------------------------------------
 
     def processed(self, records: Sequence[ProcessedRecord]) -> None:
-        self.health.on_processed(records)
+        retry_topics = self._retry_topics
+        in_order = [r for r in records if r.topic not in retry_topics]
+        redelivered = self.health.on_processed(in_order)
+        if len(in_order) < len(records):
+            self.health.on_processed([r for r in records if r.topic in retry_topics])
+        if redelivered:
+            metrics.records_redelivered.inc(redelivered)
 
     def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
         self.health.on_assigned((tp.topic, tp.partition) for tp in assigned)

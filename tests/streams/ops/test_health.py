@@ -219,3 +219,14 @@ def test_liveness_fails_when_the_loop_is_not_running() -> None:
         assert not ok and body["reason"] == "event loop not running"
     finally:
         loop.close()
+
+
+def test_counts_records_settled_again_as_redeliveries() -> None:
+    health, _ = make()
+    health.on_started()
+    health.on_assigned([("t", 0), ("t", 1)])
+    assert health.on_processed([Rec("t", 0, 0), Rec("t", 0, 1), Rec("t", 1, 0)]) == 0
+    assert health.on_processed([Rec("t", 0, 2)]) == 0  # new progress
+    # A rewind re-delivers offsets 1 and 2 of partition 0, then 3 is new.
+    assert health.on_processed([Rec("t", 0, 1), Rec("t", 0, 2), Rec("t", 0, 3)]) == 2
+    assert health.on_processed([Rec("t", 2, 0)]) == 0  # not assigned: ignored
