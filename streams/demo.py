@@ -34,7 +34,7 @@ from streams.broker import ensure_broker, free_port
 from streams.failures.routing import DLT_REASON, headers_dict
 from streams.kafka.client_config import confluent_config
 from streams.kafka.offsets import read_topic
-from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals, scrape
+from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals, scrape_total
 from streams.publish import PublishReport, make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -356,8 +356,3 @@ def plot_timeline(timeline: list[Sample], path: Path) -> Path | None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def scrape_total(url: str, name: str) -> float:
-    """Sum of every sample named ``name`` at ``url`` (0 when unreachable)."""
-    return sum(value for (sample, _), value in scrape(url).items() if sample == name)

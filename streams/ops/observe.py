@@ -27,6 +27,11 @@ def scrape(
     return samples
 
 
+def scrape_total(url: str, name: str) -> float:
+    """Sum of every sample named ``name`` at ``url`` (all label sets; 0 when unreachable)."""
+    return sum(value for (sample, _), value in scrape(url).items() if sample == name)
+
+
 def outcome_totals(urls: Iterable[str]) -> Counter[str]:
     """Records per outcome (applied, duplicate, stale, retried, dead_lettered), all workers."""
     totals: Counter[str] = Counter()

@@ -32,7 +32,13 @@ from streams.failures.routing import (
     headers_dict,
 )
 from streams.kafka.offsets import read_topic
-from streams.ops.observe import TERMINAL_OUTCOMES, histogram_quantile, outcome_totals, scrape
+from streams.ops.observe import (
+    TERMINAL_OUTCOMES,
+    histogram_quantile,
+    outcome_totals,
+    scrape,
+    scrape_total,
+)
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -67,10 +73,6 @@ def _sink_rows(settings: Settings) -> dict[str, object]:
         return dict(sink.snapshot())
     finally:
         sink.close()
-
-
-def _metric(url: str, name: str) -> float:
-    return sum(v for (n, _), v in scrape(url).items() if n == name)
 
 
 def test_transient_faults_then_outage(
@@ -122,15 +124,15 @@ def test_transient_faults_then_outage(
     # Books balance: every record reached exactly one final outcome.
     assert sum(totals[o] for o in TERMINAL_OUTCOMES) == len(records), totals
     # The circuit opened during the outage, and held records instead of burning tiers.
-    assert _metric(worker.metrics_url, "recon_circuit_opened_total") >= 1
+    assert scrape_total(worker.metrics_url, "recon_circuit_opened_total") >= 1
     assert outage_outcomes["retried"] <= totals["retried"]
     # The retry budget bound: copies to retry tiers within ratio x consumed + floor per window.
     retry_copies = sum(1 for t in settings.retry_topics for _ in read_topic(settings, t))
     windows = int(elapsed // budget_window) + 1
-    consumed = _metric(worker.metrics_url, "recon_records_consumed_total")
+    consumed = scrape_total(worker.metrics_url, "recon_records_consumed_total")
     assert retry_copies <= budget_ratio * consumed + budget_floor * windows, retry_copies
     assert retry_copies > 0  # the faults really did route records through the tiers
-    assert _metric(worker.metrics_url, "recon_retry_budget_holds_total") > 0
+    assert scrape_total(worker.metrics_url, "recon_retry_budget_holds_total") > 0
 
     # The sink is exact: each entity at its highest-version event that was not dead-lettered
     # (an event whose every published copy exhausted the tiers legitimately never applied).

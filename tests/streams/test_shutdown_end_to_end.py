@@ -16,7 +16,7 @@ from processors.sinks.sim import SimConditions, write_conditions
 from processors.synthetic import SyntheticSpec, generate
 from processors.verification import ExpectedState
 from streams.kafka.offsets import committed_offsets
-from streams.ops.observe import scrape
+from streams.ops.observe import scrape_total
 from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -43,11 +43,7 @@ def test_sigterm_while_the_circuit_holds_batches_commits_nothing_unsettled(
     worker: WorkerProcess = start_worker(settings)  # type: ignore[operator]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the circuit has opened on the outage
-        opened = sum(
-            v
-            for (n, _), v in scrape(worker.metrics_url).items()
-            if n == "recon_circuit_opened_total"
-        )
+        opened = scrape_total(worker.metrics_url, "recon_circuit_opened_total")
         if opened >= 1:
             break
         assert worker.proc.poll() is None, worker.log()[-3000:]
