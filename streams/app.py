@@ -225,10 +225,15 @@ def create_app(settings: Settings) -> ReconApp:
             await settle_batch(app, events, process_normal)
 
     for lane in (Lane.CRITICAL, Lane.BULK):  # priority lanes beside the main (normal) topic
+        lane_topic = topics.lane_topic(lane)
         app.agent(
-            app.topic(topics.lane_topic(lane), key_serializer="raw", value_serializer="raw"),
+            app.topic(lane_topic, key_serializer="raw", value_serializer="raw"),
             name=f"recon-{lane.value}",
         )(_lane_agent(app, settings, backpressure, lane))
+        if settings.fast_path:
+            register_bulk_topic(
+                app, lane_topic, _lane_handler(backpressure, lane), settings.batch_max
+            )
 
     for tier, name in enumerate(topics.retries, start=1):
         app.agent(
@@ -255,11 +260,19 @@ def create_app(settings: Settings) -> ReconApp:
     return app
 
 
+def _lane_handler(
+    backpressure: Backpressure, lane: Lane
+) -> Callable[[Sequence[SourceRecord]], Awaitable[None]]:
+    async def process(records: Sequence[SourceRecord]) -> None:
+        await backpressure.process(lane, records)
+
+    return process
+
+
 def _lane_agent(
     app: faust.App, settings: Settings, backpressure: Backpressure, lane: Lane
 ) -> Callable[[Any], Awaitable[None]]:
-    async def process(records: Sequence[SourceRecord]) -> None:
-        await backpressure.process(lane, records)
+    process = _lane_handler(backpressure, lane)
 
     async def consume_lane(stream: Any) -> None:
         take = backpressure.take_max

@@ -119,10 +119,14 @@ class BatchProcessor:
         try:
             failures: list[tuple[SourceRecord, Failure]] = []
             decoded: list[tuple[SourceRecord, ReconEvent]] = []
+            # Metrics are updated once per batch and label, not per record: on the fast path
+            # per-record Prometheus calls were a sixth of the worker's busy time.
+            for topic, count in Counter(record.topic for record in records).items():
+                metrics.records_consumed.labels(topic).inc(count)
+            decode = self._codec.decode
             for record in records:
-                metrics.records_consumed.labels(record.topic).inc()
                 try:
-                    decoded.append((record, self._codec.decode(record.value or b"")))
+                    decoded.append((record, decode(record.value or b"")))
                 except Exception as exc:  # the codec only raises ReconError; belt and braces
                     failures.append((record, classify(exc, self._policy.permanent_classes)))
             failures.extend(await self._apply(decoded, result))
@@ -214,6 +218,7 @@ class BatchProcessor:
     ) -> list[tuple[SourceRecord, Failure]]:
         """Count applied/no-op outcomes; conflicts become permanent failures."""
         failed: list[tuple[SourceRecord, Failure]] = []
+        settled: Counter[tuple[str, str]] = Counter()
         for (record, event), outcome in zip(decoded, outcomes, strict=True):
             if outcome is Outcome.CONFLICT:
                 conflict = ConflictError(
@@ -222,8 +227,10 @@ class BatchProcessor:
                 )
                 failed.append((record, classify(conflict)))
                 continue
-            result.counts[outcome.value] += 1
-            metrics.records_outcome.labels(record.topic, outcome.value, "").inc()
+            settled[record.topic, outcome.value] += 1
+        for (topic, outcome_value), count in settled.items():
+            result.counts[outcome_value] += count
+            metrics.records_outcome.labels(topic, outcome_value, "").inc(count)
         return failed
 
     async def _reconcile(self, events: list[ReconEvent]) -> list[Outcome]:
@@ -319,6 +326,7 @@ class BatchProcessor:
 
     def _observe_latency(self, records: Sequence[SourceRecord]) -> None:
         now = self._clock_ms()
+        observe = metrics.end_to_end_seconds.observe
         for record in records:
             if record.timestamp_ms > 0:
-                metrics.end_to_end_seconds.observe(max(0.0, (now - record.timestamp_ms) / 1000))
+                observe(max(0.0, (now - record.timestamp_ms) / 1000))

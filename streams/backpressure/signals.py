@@ -22,6 +22,7 @@ if ``governor_trace_path`` is set.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import logging
 import threading
@@ -122,6 +123,17 @@ class ReceivedSensor(Sensor):
             if offset < self.next_offset.get(key, -1):
                 self.redelivered[lane] += 1
             self.next_offset[key] = offset + 1
+
+    def on_records_in(self, tp: Any, offsets: Sequence[int]) -> None:
+        """The fast path's bulk hand-out (streams/kafka/fast_consumer.py ``BulkSensor``):
+        the same counts as ``on_message_in`` for a chunk of one partition's records."""
+        lane = self._lane_of(tp.topic)
+        if lane is None or not offsets:
+            return
+        self.received[lane] += len(offsets)
+        key = (tp.topic, tp.partition)
+        self.redelivered[lane] += bisect.bisect_left(offsets, self.next_offset.get(key, -1))
+        self.next_offset[key] = offsets[-1] + 1
 
     def reset_offsets(self) -> None:
         self.next_offset.clear()

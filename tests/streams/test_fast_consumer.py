@@ -4,7 +4,9 @@ A ``BulkConsumer`` is built without Faust's start-up and given just the state it
 reads (Faust's ack bookkeeping, read offsets, flow flag, assignment); ``seek`` is recorded.
 What is checked: chunks of ``batch_max`` in offset order, offsets acked only after the handler
 returned and never when it raised, re-fetched records skipped, a pause mid-fetch rewinds the
-partition to its first undelivered record, holes in offsets become gaps.
+partition to its first undelivered record, holes in offsets become gaps; and the per-partition
+feeds: a partition waiting on its sink does not hold up the others, a full feed is left out of
+the fetch until it drains, and a batch fetched before a rewind is not queued after it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ class TP(tuple[str, int]):
         return self[1]
 
 
+TOPIC2 = "in.events.critical"
 P0, P1 = TP((TOPIC, 0)), TP((TOPIC, 1))
+Q0 = TP((TOPIC2, 0))  # another registered topic (a lane): its own task
 
 
 def record(tp: TP, offset: int) -> Any:
@@ -56,12 +60,14 @@ class Harness:
         self.gaps: list[tuple[TP, int, int]] = []
         self.on_batch: Any = None
         self.suspend = False
+        self.block: dict[str, asyncio.Event] = {}  # topic -> its handler waits for it
+        self.assigned = {P0, P1, Q0}
         consumer = BulkConsumer.__new__(BulkConsumer)
         app = SimpleNamespace(
             consumer_generation_id=1,
             monitor=None,
             topics=SimpleNamespace(acks_enabled_for=lambda topic: True),
-            _recon_bulk={TOPIC: (self.handler, batch_max)},
+            _recon_bulk={TOPIC: (self.handler, batch_max), TOPIC2: (self.handler, batch_max)},
         )
         state: dict[str, Any] = {
             "app": app,
@@ -77,14 +83,13 @@ class Harness:
             "_n_acked": 0,
             "_commit_every": None,
             "_waiting_for_ack": None,
-            "_bulk_idle": asyncio.Event(),
-            "_bulk_in_flight": 0,
-            "assignment": lambda: {P0, P1},
+            "assignment": lambda: self.assigned,
             "seek": self.seek,
             "_add_gap": self.add_gap,
         }
         for name, value in state.items():
             object.__setattr__(consumer, name, value)
+        consumer._init_bulk_state()
         self.consumer = consumer
         self.app = app
 
@@ -94,6 +99,9 @@ class Harness:
             self.on_batch(len(self.batches))
         if self.fail_on == len(self.batches):
             raise RuntimeError("sink exploded")
+        gate = self.block.get(records[0].topic)
+        if gate is not None:
+            await gate.wait()
         if self.suspend:
             await asyncio.sleep(0)  # let the other partitions run meanwhile
 
@@ -107,32 +115,58 @@ class Harness:
     def acked(self, tp: TP) -> list[int]:
         return sorted(self.consumer._acked[tp])
 
+    def of(self, partition: int) -> list[list[int]]:
+        """Per batch handed to the handler, the offsets of one partition's records in it."""
+        per_batch = ([o for p, o in b if p == partition] for b in self.batches)
+        return [offsets for offsets in per_batch if offsets]
+
+    def flat(self, partition: int) -> list[int]:
+        return [o for offsets in self.of(partition) for o in offsets]
+
+    async def settle(self) -> None:
+        """Let the feed tasks run until every feed is empty and no chunk is in flight."""
+        consumer = self.consumer
+        for _ in range(10_000):
+            await asyncio.sleep(0)
+            busy = any(len(f) for f in consumer._feeds.values()) or consumer._bulk_in_flight
+            if not busy:
+                break
+        if consumer._bulk_failure is not None:
+            raise consumer._bulk_failure
+
+    async def deliver_async(self, records: dict[TP, list[Any]], active: set[TP] | None) -> None:
+        await self.consumer._deliver(records, active if active is not None else {P0, P1, Q0})
+        await self.settle()
+
     def deliver(self, records: dict[TP, list[Any]], active: set[TP] | None = None) -> None:
-        asyncio.run(self.consumer._deliver(records, active if active is not None else {P0, P1}))
+        async def run() -> None:
+            try:
+                await self.deliver_async(records, active)
+            finally:
+                self.consumer._stop_feeds()
+
+        asyncio.run(run())
 
 
-def test_chunks_of_batch_max_acked_after_the_handler() -> None:
+def test_batches_of_at_most_batch_max_in_offset_order_acked_after_the_handler() -> None:
     h = Harness(batch_max=3)
     h.deliver({P0: [record(P0, o) for o in range(7)], P1: [record(P1, o) for o in range(2)]})
-    assert h.batches == [
-        [(0, 0), (0, 1), (0, 2)],
-        [(0, 3), (0, 4), (0, 5)],
-        [(0, 6)],
-        [(1, 0), (1, 1)],
-    ]
+    assert all(len(batch) <= 3 for batch in h.batches) and len(h.batches) == 3
+    assert h.flat(0) == list(range(7)) and h.flat(1) == [0, 1]
     assert h.acked(P0) == list(range(7)) and h.acked(P1) == [0, 1]
     assert h.consumer._n_acked == 9
     assert h.consumer._read_offset[P0] == 6
     assert h.seeks == [] and h.gaps == []
 
 
-def test_a_failing_handler_acks_nothing_of_its_chunk() -> None:
+def test_a_failing_handler_acks_nothing_of_its_batch_and_stops_the_worker() -> None:
     h = Harness(batch_max=3)
     h.fail_on = 2
     with pytest.raises(RuntimeError):
         h.deliver({P0: [record(P0, o) for o in range(7)]})
-    assert h.acked(P0) == [0, 1, 2]  # the first chunk only
-    assert h.consumer._read_offset[P0] == 2
+    assert h.acked(P0) == [0, 1, 2]  # the first batch only
+    assert h.consumer._read_offset[P0] == 3  # rewound to the failed batch
+    assert h.seeks == [(P0, 3)]
 
 
 def test_refetched_records_are_skipped_and_holes_become_gaps() -> None:
@@ -146,12 +180,14 @@ def test_refetched_records_are_skipped_and_holes_become_gaps() -> None:
 
 def test_a_pause_mid_fetch_rewinds_to_the_first_undelivered_record() -> None:
     h = Harness(batch_max=2)
-    active = {P0, P1}
-    h.on_batch = lambda n: active.discard(P0) if n == 1 else None  # paused after chunk 1
-    h.deliver(
-        {P0: [record(P0, o) for o in range(5)], P1: [record(P1, o) for o in range(2)]}, active
-    )
-    assert h.batches == [[(0, 0), (0, 1)], [(1, 0), (1, 1)]]  # P1 still delivered
+
+    def pause_after_p0(n: int) -> None:
+        if any(p == 0 for p, _ in h.batches[-1]):
+            h.consumer._paused_partitions.add(P0)
+
+    h.on_batch = pause_after_p0
+    h.deliver({P0: [record(P0, o) for o in range(5)], P1: [record(P1, o) for o in range(2)]})
+    assert h.flat(0) == [0, 1] and h.flat(1) == [0, 1]  # P1 still delivered
     assert h.seeks == [(P0, 2)]  # offsets 2..4 are fetched again on resume
     assert h.acked(P0) == [0, 1]
 
@@ -165,29 +201,53 @@ def test_a_stopped_flow_delivers_nothing_more() -> None:
 
     h.on_batch = stop_flow
     h.deliver({P0: [record(P0, o) for o in range(4)], P1: [record(P1, o) for o in range(3)]})
-    assert h.batches == [[(0, 0), (0, 1)]]
-    assert h.seeks == [(P0, 2), (P1, 0)]
-    assert h.acked(P0) == [0, 1] and h.acked(P1) == []
+    assert len(h.batches) == 1 and len(h.batches[0]) == 2
+    first_unread = {P0: len(h.flat(0)), P1: len(h.flat(1))}
+    assert sorted(h.seeks) == sorted(first_unread.items())
+    assert h.acked(P0) == h.flat(0) and h.acked(P1) == h.flat(1)
 
 
 def test_a_partition_revoked_while_applying_is_not_acked() -> None:
     h = Harness(batch_max=5)
-    object.__setattr__(h.consumer, "assignment", lambda: {P1})
+    h.on_batch = lambda n: setattr(h, "assigned", {P1})
     h.deliver({P0: [record(P0, o) for o in range(3)]})
     assert h.batches == [[(0, 0), (0, 1), (0, 2)]]
     assert h.acked(P0) == []
 
 
-def test_partitions_run_side_by_side_in_order_and_a_failure_stops_them_after_their_chunk() -> None:
+def test_records_queued_before_a_rebalance_are_not_applied_after_it() -> None:
     h = Harness(batch_max=2)
-    h.suspend = True
-    h.fail_on = 3  # P0's second chunk (P0 chunk 1, P1 chunk 1, P0 chunk 2, ...)
+    gate = asyncio.Event()
+    h.block[TOPIC] = gate
+
+    async def run() -> None:
+        await h.consumer._deliver({P0: [record(P0, o) for o in range(6)]}, {P0})
+        for _ in range(5):
+            await asyncio.sleep(0)  # batch [0, 1] is in flight, [2..5] queued
+        h.app.consumer_generation_id = 2  # a rebalance; the partition came back to us
+        gate.set()
+        await h.settle()
+        # The new generation fetches from the committed offset: here 2.
+        await h.deliver_async({P0: [record(P0, o) for o in range(2, 4)]}, {P0})
+        h.consumer._stop_feeds()
+
+    asyncio.run(run())
+    assert h.of(0) == [[0, 1], [2, 3]]  # nothing of the old generation's queue
+    assert h.seeks == []
+
+
+def test_a_failure_stops_every_partition_of_the_lane_and_rewinds_them() -> None:
+    h = Harness(batch_max=2)
+    h.fail_on = 3
     with pytest.raises(RuntimeError):
         h.deliver({P0: [record(P0, o) for o in range(6)], P1: [record(P1, o) for o in range(6)]})
-    assert h.batches[:3] == [[(0, 0), (0, 1)], [(1, 0), (1, 1)], [(0, 2), (0, 3)]]
-    assert h.acked(P0) == [0, 1]  # nothing of the failed chunk, nothing after it
-    assert h.acked(P1) == [0, 1]  # its chunk in flight settled and was acked, then it stopped
-    assert h.seeks == [(P1, 2)]  # and its unread rest is fetched again
+    assert len(h.batches) == 3
+    failed = h.batches[2]
+    for tp, partition in ((P0, 0), (P1, 1)):
+        applied = [o for batch in h.batches[:2] for p, o in batch if p == partition]
+        assert h.acked(tp) == applied  # nothing of the failed batch, nothing after it
+        assert (tp, len(applied)) in h.seeks  # the unread rest is fetched again
+    assert {p for p, _ in failed} <= {0, 1}
     assert h.consumer._bulk_in_flight == 0 and h.consumer._bulk_idle.is_set()
 
 
@@ -198,3 +258,109 @@ def test_a_paused_partition_is_not_delivered_even_when_marked_buffered() -> None
     h.deliver({P0: [record(P0, o) for o in range(3)], P1: [record(P1, 0)]})
     assert h.batches == [[(1, 0)]]
     assert h.seeks == [(P0, 0)]
+
+
+def test_a_lane_waiting_on_its_sink_does_not_hold_up_another_lane() -> None:
+    """The reason the feeds exist: a slow downstream for one lane (bulk) must not stop
+    another lane (critical) from being fetched and applied."""
+    h = Harness(batch_max=2)
+    gate = asyncio.Event()
+    h.block[TOPIC] = gate
+
+    async def run() -> None:
+        await h.consumer._deliver({P0: [record(P0, o) for o in range(4)]}, {P0, Q0})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert h.of(0) == [[0, 1]] and h.acked(P0) == []  # waiting on its sink
+        # The drain loop is free: the next fetch, for Q0, is applied while P0 still waits.
+        await asyncio.wait_for(h.consumer._deliver({Q0: [record(Q0, 0)]}, {P0, Q0}), 1)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert h.batches[-1] == [(0, 0)] and h.acked(Q0) == [0]
+        assert h.acked(P0) == []
+        gate.set()
+        await h.settle()
+        h.consumer._stop_feeds()
+
+    asyncio.run(run())
+    assert h.batches[2] == [(0, 2), (0, 3)] and h.acked(P0) == [0, 1, 2, 3]
+
+
+def test_batches_take_partitions_in_turn() -> None:
+    h = Harness(batch_max=4)
+    gate = asyncio.Event()
+    h.block[TOPIC] = gate
+
+    async def run() -> None:
+        await h.consumer._deliver(
+            {P0: [record(P0, o) for o in range(20)], P1: [record(P1, o) for o in range(20)]},
+            {P0, P1},
+        )
+        gate.set()
+        await h.settle()
+        h.consumer._stop_feeds()
+
+    asyncio.run(run())
+    assert h.flat(0) == list(range(20)) and h.flat(1) == list(range(20))
+    firsts = [batch[0][0] for batch in h.batches]
+    assert firsts.count(0) >= 3 and firsts.count(1) >= 3  # neither partition waits for the other
+
+
+def test_a_full_feed_is_left_out_of_the_fetch_until_it_drains() -> None:
+    h = Harness(batch_max=2)  # held at 4 chunks (8 records), released under 1 chunk (2)
+    gate = asyncio.Event()
+    h.block[TOPIC] = gate
+    fetched_for: list[set[TP]] = []
+
+    async def getmany(active_partitions: set[TP], timeout: float) -> dict[TP, list[Any]]:
+        fetched_for.append(set(active_partitions))
+        return {}
+
+    object.__setattr__(h.consumer, "_getmany", getmany)
+    object.__setattr__(h.consumer, "_get_active_partitions", lambda: {P0, P1})
+
+    async def run() -> None:
+        consumer = h.consumer
+        await consumer._deliver({P0: [record(P0, o) for o in range(10)]}, {P0, P1})
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert consumer._held == {P0}  # 8 queued behind the chunk in flight
+        await consumer._wait_next_records(1.0)
+        assert fetched_for == [{P1}]
+        gate.set()
+        await h.settle()
+        assert consumer._held == set() and consumer._fetch_wake.is_set()
+        consumer._stop_feeds()
+
+    asyncio.run(run())
+    assert [o for chunk in h.of(0) for o in chunk] == list(range(10))
+
+
+def test_a_batch_fetched_before_a_rewind_is_not_queued_after_it() -> None:
+    """Records 2..3 are queued when the partition is paused: the feed drops them and seeks
+    back to 2. A fetch that returned before that seek (4..5) arrives next: queuing it would
+    put 4 before 2 (and Faust would commit past 2..3 as a gap), so it is dropped and the
+    partition sought to 2 again; the re-fetch from 2 is applied in order."""
+    h = Harness(batch_max=2)
+    gate = asyncio.Event()
+    h.block[TOPIC] = gate
+
+    async def run() -> None:
+        consumer = h.consumer
+        await consumer._deliver({P0: [record(P0, o) for o in range(4)]}, {P0})
+        for _ in range(5):
+            await asyncio.sleep(0)  # [0, 1] in flight, [2, 3] queued
+        consumer._paused_partitions.add(P0)
+        gate.set()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert h.seeks == [(P0, 2)]
+        consumer._paused_partitions.discard(P0)
+        await consumer._deliver({P0: [record(P0, o) for o in (4, 5)]}, {P0})  # stale
+        assert h.seeks == [(P0, 2), (P0, 2)]
+        await h.deliver_async({P0: [record(P0, o) for o in range(2, 6)]}, {P0})
+        consumer._stop_feeds()
+
+    asyncio.run(run())
+    assert [o for chunk in h.of(0) for o in chunk] == list(range(6))
+    assert h.acked(P0) == list(range(6)) and h.gaps == []

@@ -31,7 +31,8 @@ from tests.streams.test_worker_end_to_end import _run_with_crash
 def test_the_setting_installs_the_bulk_consumer(settings: Settings) -> None:
     fast = create_app(settings.model_copy(update={"fast_path": True}))
     assert isinstance(fast.consumer, BulkConsumer)
-    assert set(fast._recon_bulk) == {settings.topic}  # the main topic only, not retry tiers
+    lanes = {f"{settings.topic}.critical", f"{settings.topic}.bulk"}
+    assert set(fast._recon_bulk) == {settings.topic} | lanes  # main and lanes, not retry tiers
     slow = create_app(settings.model_copy(update={"fast_path": False}))
     assert not isinstance(slow.consumer, BulkConsumer)
 
