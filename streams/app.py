@@ -16,6 +16,7 @@ What we set deliberately:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import tempfile
@@ -36,12 +37,15 @@ from streams.backpressure.lanes import Lane
 from streams.batch_processor import BatchProcessor, ProcessingPolicy
 from streams.failpoints import Failpoints
 from streams.failures.circuit import CircuitBreaker, CircuitPolicy
+from streams.failures.entity_order import Scanned
+from streams.failures.ordering import EntityOrdering
 from streams.failures.retry_budget import RetryBudget, RetryBudgetPolicy
 from streams.failures.retry_schedule import process_when_due
 from streams.failures.routing import OutgoingRecord, SourceRecord
 from streams.kafka.client_config import faust_credentials
 from streams.kafka.fast_consumer import register_bulk_topic, use_fast_path
 from streams.kafka.fetch_wait import set_fetch_max_wait
+from streams.kafka.retry_scan import require_copartitioned, scan_retry_tiers
 from streams.ops import metrics
 from streams.ops.worker_health import WorkerOps
 from streams.settings import Settings
@@ -163,6 +167,8 @@ def create_app(settings: Settings) -> ReconApp:
         )
         return fut
 
+    # Per-entity ordering through the retry tiers (off by default; streams/failures/ordering.py).
+    ordering = _entity_ordering(app, settings, topics) if settings.entity_ordering else None
     processor = BatchProcessor(
         reconciler=Reconciler(sink),
         codec=codec,
@@ -198,6 +204,7 @@ def create_app(settings: Settings) -> ReconApp:
         sink_executor=sink_executor,
         rng=random.Random(),
         failpoints=Failpoints(settings.failpoint),
+        ordering=ordering,
     )
     # Health (/healthz, /readyz), lag gauges and the ops endpoint; fed after each batch.
     ops = WorkerOps(app, settings)
@@ -242,6 +249,8 @@ def create_app(settings: Settings) -> ReconApp:
         )(_retry_agent(app, settings, backpressure.process_retry, tier))
 
     async def on_started() -> None:
+        if ordering is not None:  # refuse the option if the topics are not co-partitioned
+            await asyncio.to_thread(require_copartitioned, settings, topics.all[:-1])
         metrics.build_info.info({"version": _version(), "group": settings.group})
         await ops.start()
         await backpressure.start()
@@ -267,6 +276,15 @@ def _lane_handler(
         await backpressure.process(lane, records)
 
     return process
+
+
+def _entity_ordering(app: faust.App, settings: Settings, topics: TopicNames) -> EntityOrdering:
+    async def scan(partitions: Sequence[int]) -> list[Scanned]:
+        return await asyncio.to_thread(scan_retry_tiers, settings, topics.retries, partitions)
+
+    ordering = EntityOrdering(topics, scan, tiers=len(topics.retries))
+    ordering.attach(app)
+    return ordering
 
 
 def _lane_agent(

@@ -32,6 +32,7 @@ from processors.event import ReconEvent
 from processors.reconciler import Reconciler
 from streams.failpoints import Failpoints
 from streams.failures.circuit import CircuitBreaker, CircuitState
+from streams.failures.ordering import BatchOrder, EntityOrdering
 from streams.failures.retry_budget import RetryBudget
 from streams.failures.routing import ATTEMPT, Failure, OutgoingRecord, SourceRecord, classify, route
 from streams.ops import metrics
@@ -95,8 +96,10 @@ class BatchProcessor:
         clock_ms: Callable[[], int] = _now_ms,
         rng: random.Random | None = None,
         failpoints: Failpoints | None = None,
+        ordering: EntityOrdering | None = None,
     ) -> None:
         self._failpoints = failpoints or Failpoints(None)
+        self._ordering = ordering  # RECON_ENTITY_ORDERING (streams/failures/ordering.py)
         self._circuit = circuit
         self._budget = budget
         self._reconciler = reconciler
@@ -113,6 +116,9 @@ class BatchProcessor:
         result = BatchResult()
         if not records:
             return result
+        order = self._ordering.begin() if self._ordering is not None else None
+        if order is not None:
+            await order.ready(records)  # the ledger of these partitions is built
         metrics.batch_records.observe(len(records))
         metrics.in_flight_records.inc(len(records))
         self._budget.on_consumed(len(records), time.monotonic())
@@ -129,13 +135,19 @@ class BatchProcessor:
                     decoded.append((record, decode(record.value or b"")))
                 except Exception as exc:  # the codec only raises ReconError; belt and braces
                     failures.append((record, classify(exc, self._policy.permanent_classes)))
-            failures.extend(await self._apply(decoded, result))
+            failures.extend(await self._apply(decoded, result, order))
             if decoded:
                 self._failpoints.hit("after_apply")
-            await self._forward(failures, result)
+            await self._forward(failures, result, order)
             if failures:
                 self._failpoints.hit("after_forward")
+            if order is not None:
+                order.finish(records)
             self._observe_latency(records)
+        except BaseException:
+            if order is not None:
+                order.abandon()
+            raise
         finally:
             metrics.in_flight_records.dec(len(records))
         return result
@@ -143,7 +155,10 @@ class BatchProcessor:
     # --- apply -------------------------------------------------------------------------------
 
     async def _apply(
-        self, decoded: list[tuple[SourceRecord, ReconEvent]], result: BatchResult
+        self,
+        decoded: list[tuple[SourceRecord, ReconEvent]],
+        result: BatchResult,
+        order: BatchOrder | None = None,
     ) -> list[tuple[SourceRecord, Failure]]:
         """Apply the decoded events; return the records that failed for good, with why.
 
@@ -152,7 +167,13 @@ class BatchProcessor:
         downstream answers probes) or the retry budget is spent (hold and keep retrying in
         place). Holding means not returning: the batch stays unacked and Faust stops
         fetching once its buffer is full, which pauses consumption without losing anything.
+
+        With entity ordering, records whose entity has an earlier record waiting in a retry
+        tier are parked (``order.hold``) -- here, on every part a split applies, because an
+        earlier part may just have sent a record of the same entity to a retry tier.
         """
+        if order is not None:
+            decoded = order.hold(decoded)
         if not decoded:
             return []
         failed_attempts = 0
@@ -161,14 +182,14 @@ class BatchProcessor:
             limit = self._circuit.batch_limit()
             if limit is not None and len(decoded) > limit:
                 # Half-open: probe with a trickle, then the rest (which re-checks the circuit).
-                head = await self._apply(decoded[:limit], result)
-                return head + await self._apply(decoded[limit:], result)
+                head = await self._apply(decoded[:limit], result, order)
+                return head + await self._apply(decoded[limit:], result, order)
             try:
                 outcomes = await self._reconcile([event for _, event in decoded])
             except Exception as exc:
                 failure = classify(exc, self._policy.permanent_classes)
                 if failure.kind is FailureKind.PERMANENT:
-                    return await self._isolate_permanent(decoded, failure, result)
+                    return await self._isolate_permanent(decoded, failure, result, order)
                 was = self._circuit.state
                 self._circuit.record(failed=True, now=time.monotonic())
                 if self._circuit.state is CircuitState.OPEN and was is not CircuitState.OPEN:
@@ -187,6 +208,8 @@ class BatchProcessor:
                     continue
                 retrying = sum(1 for record, _ in decoded if self._goes_to_retry_tier(record))
                 if self._budget.try_spend(retrying, time.monotonic()):
+                    if order is not None:
+                        order.failing(record for record, _ in decoded)
                     return [(record, failure) for record, _ in decoded]
                 metrics.retry_budget_holds.inc()
                 log.debug("retry budget spent: holding %d records in place", len(decoded))
@@ -200,6 +223,7 @@ class BatchProcessor:
         decoded: list[tuple[SourceRecord, ReconEvent]],
         failure: Failure,
         result: BatchResult,
+        order: BatchOrder | None = None,
     ) -> list[tuple[SourceRecord, Failure]]:
         """A batch-wide permanent error may come from one record (a value the store rejects):
         apply one by one so only the culprit is dead-lettered."""
@@ -207,7 +231,7 @@ class BatchProcessor:
             return [(decoded[0][0], failure)]
         failures: list[tuple[SourceRecord, Failure]] = []
         for pair in decoded:
-            failures.extend(await self._apply([pair], result))
+            failures.extend(await self._apply([pair], result, order))
         return failures
 
     def _settle(
@@ -261,14 +285,20 @@ class BatchProcessor:
     # --- forward -----------------------------------------------------------------------------
 
     async def _forward(
-        self, failures: list[tuple[SourceRecord, Failure]], result: BatchResult
+        self,
+        failures: list[tuple[SourceRecord, Failure]],
+        result: BatchResult,
+        order: BatchOrder | None = None,
     ) -> None:
         """Produce every retry/DLT copy and wait until the broker has acked all of them.
 
         Producing is retried until it succeeds: returning early would let Faust commit the
-        source offsets of records whose copies do not exist.
+        source offsets of records whose copies do not exist. Parked copies (entity ordering)
+        go the same way: they are not retries (no retry budget, no circuit failure), but
+        their source offsets may not be committed before they exist either.
         """
-        if not failures:
+        parked_records = [item.record for item in order.parked] if order is not None else []
+        if not failures and not parked_records:
             return
         now = self._clock_ms()
         outgoing = [
@@ -283,15 +313,25 @@ class BatchProcessor:
             )
             for record, failure in failures
         ]
-        pending = list(outgoing)
+        parked: list[OutgoingRecord] = []
+        if order is not None:
+            # Due times that keep each entity's copies in event order within a tier.
+            sources = [record for record, _ in failures]
+            outgoing, parked = order.copies(list(zip(sources, outgoing, strict=True)), now)
+        copies = [*outgoing, *parked]
+        acks: list[object] = [None] * len(copies)
+        pending = list(range(len(copies)))
         backoff = 0.1
         while pending:
             outcomes = await asyncio.gather(
-                *(self._send_and_wait(copy) for copy in pending), return_exceptions=True
+                *(self._send_and_wait(copies[i]) for i in pending), return_exceptions=True
             )
-            failed = [
-                c for c, o in zip(pending, outcomes, strict=True) if isinstance(o, BaseException)
-            ]
+            failed: list[int] = []
+            for i, ack in zip(pending, outcomes, strict=True):
+                if isinstance(ack, BaseException):
+                    failed.append(i)
+                else:
+                    acks[i] = ack
             if failed:
                 metrics.forward_failures.inc(len(failed))
                 log.warning(
@@ -303,6 +343,11 @@ class BatchProcessor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self._policy.forward_backoff_max_s)
             pending = failed
+        if order is not None:
+            offsets = [_acked_offset(ack) for ack in acks]
+            split = len(outgoing)
+            order.acked([record for record, _ in failures], offsets[:split], offsets[split:])
+        self._count_parked(parked_records, parked, result)
         for (record, failure), copy in zip(failures, outgoing, strict=True):
             outcome = "dead_lettered" if copy.is_dead_letter else "retried"
             result.counts[outcome] += 1
@@ -320,6 +365,24 @@ class BatchProcessor:
                 failure.message[:200],
             )
 
+    def _count_parked(
+        self, records: list[SourceRecord], copies: list[OutgoingRecord], result: BatchResult
+    ) -> None:
+        """Parked is not a final outcome (like retried): the copy settles later."""
+        if not records:
+            return
+        result.counts["parked"] += len(records)
+        for topic, count in Counter(record.topic for record in records).items():
+            metrics.records_outcome.labels(topic, "parked", "entity_order").inc(count)
+        for record, copy in zip(records, copies, strict=True):
+            log.debug(
+                "parked %s[%d]@%d -> %s behind earlier records of its entity",
+                record.topic,
+                record.partition,
+                record.offset,
+                copy.topic,
+            )
+
     async def _send_and_wait(self, copy: OutgoingRecord) -> object:
         ack = await self._send(copy)
         return await ack
@@ -330,3 +393,9 @@ class BatchProcessor:
         for record in records:
             if record.timestamp_ms > 0:
                 observe(max(0.0, (now - record.timestamp_ms) / 1000))
+
+
+def _acked_offset(ack: object) -> int | None:
+    """The offset a broker ack reports (aiokafka's ``RecordMetadata.offset``), if any."""
+    offset = getattr(ack, "offset", None)
+    return offset if isinstance(offset, int) and offset >= 0 else None

@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     # --- Failure routing ---------------------------------------------------------------------
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 10.0, 60.0)
     retry_jitter: float = Field(0.1, ge=0.0, le=1.0, description="full jitter fraction")
+    # Per-entity ordering (streams/failures/ordering.py): once an entity has a record waiting
+    # in a retry tier, its later records are parked behind it, so its events apply in order.
+    # Off by default: version-guarded apply already makes out-of-order delivery safe (a late
+    # older event is a no-op), and ordering costs: a slow or poisoned head delays every later
+    # event of its entity by the tier delays, parked followers share the head's tier path (so
+    # they get fewer attempts), and every assignment rescans the retry tiers.
+    entity_ordering: bool = False
     # Exception class names (besides the domain's own) that are permanent: straight to the DLT.
     permanent_errors: Annotated[frozenset[str], NoDecode] = frozenset()
     # Retry budget: retry copies <= ratio x records consumed over the window (+ floor).

@@ -5,6 +5,10 @@ control file (``write_conditions``); the sink notices within ~100 ms. This is ho
 stages a latency spike or an outage without touching the processor.
 
     sim://?db=/tmp/x.db&control=/tmp/ctl.json&latency_ms=5&jitter_ms=2&error_rate=0.01&seed=1
+
+``log=/path/writes.jsonl`` appends one JSON line per row written (entity, version, event,
+wall-clock ms), in write order: tests read from it the order in which an entity's events
+reached the store.
 """
 
 from __future__ import annotations
@@ -102,8 +106,10 @@ class SimulatedSink:
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        write_log: str | Path | None = None,
     ) -> None:
         self.inner = SqliteSink(db)
+        self.write_log = Path(write_log) if write_log is not None else None
         self.initial = conditions or SimConditions()
         self.control = Path(control) if control is not None else None
         self._rng = rng or random.Random()
@@ -122,6 +128,7 @@ class SimulatedSink:
             raise ValueError(f"expected sim://?db=PATH&control=PATH&..., got {url!r}")
         db: str = ":memory:"
         control: str | None = None
+        write_log: str | None = None
         seed: int | None = None
         values: dict[str, object] = {}
         for key, text in parse_qsl(parts.query, keep_blank_values=True):
@@ -131,11 +138,19 @@ class SimulatedSink:
                 control = text
             elif key == "seed":
                 seed = int(text)
+            elif key == "log":
+                write_log = text
             elif key in _FIELD_NAMES:
                 values[key] = _url_value(key, text)
             else:
                 raise ValueError(f"unknown sim:// parameter {key!r}")
-        return cls(db, conditions_from(values, SimConditions()), control, random.Random(seed))
+        return cls(
+            db,
+            conditions_from(values, SimConditions()),
+            control,
+            random.Random(seed),
+            write_log=write_log,
+        )
 
     @property
     def conditions(self) -> SimConditions:
@@ -198,6 +213,13 @@ class SimulatedSink:
             self.failures += 1
             raise DownstreamUnavailable("simulated transient fault: write rejected")
         self.inner.write(rows)
+        if self.write_log is not None:
+            now_ms = int(time.time() * 1000)
+            lines = (
+                json.dumps([r.entity_id, r.version, r.last_event_id, now_ms]) + "\n" for r in rows
+            )
+            with self.write_log.open("a", encoding="utf-8") as out:
+                out.writelines(lines)
 
     def snapshot(self) -> dict[str, StoredRow]:
         # Verification reads the real state, whatever the simulated conditions.

@@ -60,7 +60,13 @@ class Backpressure:
         processor.apply_observer = self.timer
         self.limiter = InFlightLimiter()
         self.stats = LaneStats()
-        self.lanes = LaneProcessor(process, topics, self.limiter, on_settled=self.stats.settled)
+        self.lanes = LaneProcessor(
+            process,
+            topics,
+            self.limiter,
+            on_settled=self.stats.settled,
+            keep_entity_order=settings.entity_ordering,
+        )
         self.pauser = PartitionPauser(topics)
         self.sensor = ReceivedSensor(topics)
         app.sensors.add(self.sensor)

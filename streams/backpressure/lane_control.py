@@ -184,8 +184,10 @@ class LaneProcessor:
         *,
         on_settled: Callable[[Lane, Sequence[SourceRecord], float], None] | None = None,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        keep_entity_order: bool = False,
     ) -> None:
         self._process = process
+        self._keep_entity_order = keep_entity_order
         self._topics = topics
         self.limiter = limiter
         self._on_settled = on_settled
@@ -200,8 +202,14 @@ class LaneProcessor:
         """Process records from a shared retry tier: each in its original lane, critical
         first, without waiting for a stopped lane (see :meth:`InFlightLimiter.acquire`)."""
         by_lane: dict[Lane, list[SourceRecord]] = {lane: [] for lane in LANES}
+        # With entity ordering, all of an entity's records go with its first one's lane, so
+        # "critical first" never lets a later event of an entity overtake an earlier one.
+        entity_lane: dict[tuple[int, bytes], Lane] = {}
         for record in records:
-            by_lane[self.lane_of_record(record)].append(record)
+            lane = self.lane_of_record(record)
+            if self._keep_entity_order and record.key is not None:
+                lane = entity_lane.setdefault((record.partition, record.key), lane)
+            by_lane[lane].append(record)
         for lane in LANES:
             if by_lane[lane]:
                 await self._chunked(lane, by_lane[lane], gated=False)

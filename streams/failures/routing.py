@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from processors.errors import FailureKind, ReconError
 from streams.topics import TopicNames
@@ -33,6 +33,9 @@ ERROR_MESSAGE = "recon.error.message"
 DLT_REASON = "recon.dlt.reason"
 # Set by `recon replay --from-dlt` on redriven records (provenance of the redrive itself).
 REDRIVE_COUNT = "recon.redrive.count"
+# On a copy parked behind earlier records of its entity (RECON_ENTITY_ORDERING): how many of
+# the entity's records were outstanding in the retry tiers when it was parked.
+PARKED_BEHIND = "recon.parked.behind"
 
 MAX_ERROR_MESSAGE = 1000  # bytes kept of an error message in a header
 
@@ -147,6 +150,48 @@ def route(
     return OutgoingRecord(
         topics.retries[attempt - 1], record.partition, record.key, record.value, headers, due_ms
     )
+
+
+def park(
+    record: SourceRecord,
+    tier: int,
+    *,
+    topics: TopicNames,
+    due_ms: int,
+    behind: int,
+) -> OutgoingRecord:
+    """The copy of ``record`` parked into retry ``tier`` behind earlier records of its entity.
+
+    Not a failure: the attempt becomes ``tier`` (the copy follows the tier path of the
+    records ahead of it: a later failure moves it on to ``tier + 1``, and after the last tier
+    to the DLT), the error headers of an earlier failure are kept, and a record that never
+    failed gets no first-failure time.
+    """
+    replaced = (ATTEMPT, DUE_MS, PARKED_BEHIND)
+    kept = tuple((k, v) for k, v in record.headers if k not in replaced)
+    if record.header(ORIGINAL_TOPIC) is None:
+        kept = (
+            *kept,
+            (ORIGINAL_TOPIC, record.topic.encode()),
+            (ORIGINAL_PARTITION, str(record.partition).encode()),
+            (ORIGINAL_OFFSET, str(record.offset).encode()),
+            (ORIGINAL_TIMESTAMP, str(record.timestamp_ms).encode()),
+        )
+    headers = (
+        *kept,
+        (ATTEMPT, str(tier).encode()),
+        (DUE_MS, str(due_ms).encode()),
+        (PARKED_BEHIND, str(behind).encode()),
+    )
+    return OutgoingRecord(
+        topics.retries[tier - 1], record.partition, record.key, record.value, headers, due_ms
+    )
+
+
+def with_due(copy: OutgoingRecord, due_ms: int) -> OutgoingRecord:
+    """``copy`` (a retry-tier copy) due at ``due_ms`` instead."""
+    headers = tuple((k, v) for k, v in copy.headers if k != DUE_MS)
+    return replace(copy, headers=(*headers, (DUE_MS, str(due_ms).encode())), due_ms=due_ms)
 
 
 def _provenance(record: SourceRecord, now_ms: int) -> Headers:
