@@ -28,7 +28,8 @@ records_consumed = Counter(
 )
 records_outcome = Counter(
     "recon_records_outcome_total",
-    "Records by final outcome of this attempt: applied, duplicate, stale, retried, dead_lettered",
+    "Records by outcome of this attempt: applied, duplicate, stale, retried, parked "
+    "(entity ordering), dead_lettered",
     ["topic", "outcome", "reason"],
     registry=REGISTRY,
 )

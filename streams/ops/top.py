@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 DEFAULT_METRICS_URL = "http://127.0.0.1:9308/metrics"
-OUTCOMES = ("applied", "duplicate", "stale", "retried", "dead_lettered")
+OUTCOMES = ("applied", "duplicate", "stale", "retried", "parked", "dead_lettered")
 CIRCUIT_STATES = {0: "closed", 1: "half-open", 2: "open"}
 GOVERNOR_STATES = {-1: "off", 0: "normal", 1: "degraded", 2: "recovery"}
 _STYLES = {
