@@ -35,10 +35,10 @@ from processors.verification import ExpectedState
 from streams.failures.routing import DUE_MS, PARKED_BEHIND, headers_dict
 from streams.kafka.offsets import read_topic
 from streams.ops.observe import TERMINAL_OUTCOMES, outcome_totals, scrape_total
-from streams.publish import make_producer, publish
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.streams.conftest import WorkerProcess, wait_for_commits
+from tests.streams.test_failure_routing_end_to_end import _publish
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -79,19 +79,6 @@ def _sim(
     write_conditions(control, conditions)
     url = f"sim://?db={tmp_path / 'sim.db'}&control={control}&latency_ms=1&seed=5&log={log}"
     return settings.model_copy(update={"sink_url": url}), control, log
-
-
-def _publish(
-    settings: Settings, records: list[SyntheticRecord], rate: float | None
-) -> dict[int, int]:
-    report = publish(
-        make_producer(settings),
-        settings.topic,
-        ((r.key.encode(), r.value) for r in records),
-        rate_per_s=rate,
-    )
-    assert report.published == len(records) and not report.failed
-    return report.end_offsets
 
 
 def _drain(settings: Settings, end_offsets: dict[int, int], worker: WorkerProcess) -> None:
@@ -158,7 +145,7 @@ def test_transient_faults_keep_each_entity_in_order(
     )
     result: dict[str, dict[int, int]] = {}
     publisher = threading.Thread(
-        target=lambda: result.update(ends=_publish(settings, records, rate=150)), daemon=True
+        target=lambda: result.update(ends=_publish(settings, records, rate_per_s=150)), daemon=True
     )
     publisher.start()  # ~10 s of traffic; each entity gets an event every ~0.7 s
     time.sleep(8)  # the fault phase, while later events of the same entities keep arriving
@@ -216,7 +203,7 @@ def test_restart_rebuilds_the_ledger_from_the_retry_tiers(
     records = _load(600, entities=60, seed=12)
     env = {"RECON_ENTITY_ORDERING": "true", **WORKER_ENV}
     first: WorkerProcess = start_worker(settings, **env)  # type: ignore[operator]
-    end_offsets = _publish(settings, records, rate=None)
+    end_offsets = _publish(settings, records)
     deadline = time.monotonic() + 90
     parked = 0.0
     while time.monotonic() < deadline and parked < 50:
